@@ -1,0 +1,176 @@
+"""Command line: turns flags and environment into a Config, then hands over.
+
+Precedence for every setting: command line > environment (``API_ROUTER_*``) > config file >
+built-in defaults. All validation lives in ``api_router.config``; the server and the mock
+upstream are imported lazily so that ``check-config`` stays fast and light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from api_router import __version__
+from api_router import config as cfg
+
+ENV_CONFIG_PATH = "API_ROUTER_CONFIG_PATH"
+# override name -> environment variable; all plain strings, validated by Config.
+ENV_OVERRIDES = {
+    "port": "API_ROUTER_PORT",
+    "host": "API_ROUTER_HOST",
+    "log_level": "API_ROUTER_LOG_LEVEL",
+    "log_format": "API_ROUTER_LOG_FORMAT",
+}
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where serve's config comes from: exactly one of a file path or a preset name."""
+
+    path: str | None = None
+    preset: str | None = None
+
+
+def resolve_source(config_path: str | None, provider: str | None, env: Mapping[str, str]) -> ConfigSource:
+    """``--config``/``--provider``, else ``$API_ROUTER_CONFIG_PATH``, else the mock preset."""
+    if config_path:
+        return ConfigSource(path=config_path)
+    if provider:
+        return ConfigSource(preset=provider)
+    if env.get(ENV_CONFIG_PATH):
+        return ConfigSource(path=env[ENV_CONFIG_PATH])
+    return ConfigSource(preset="mock")
+
+
+def build_overrides(flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Snake_case overrides for Config: a flag that was given wins over a non-empty env var."""
+    overrides: dict[str, Any] = {}
+    for name, var in ENV_OVERRIDES.items():
+        if flags.get(name) is not None:
+            overrides[name] = flags[name]
+        elif env.get(var):
+            overrides[name] = env[var]
+    return overrides
+
+
+def load_config(source: ConfigSource, overrides: Mapping[str, Any]) -> cfg.Config:
+    if source.path is not None:
+        return cfg.load(source.path, overrides)
+    assert source.preset is not None
+    return cfg.load_preset(source.preset, overrides)
+
+
+def wants_mock(source: ConfigSource, config: cfg.Config) -> bool:
+    """The mock preset, or any config whose baseUrl port is 0 (a placeholder for the mock)."""
+    return source.preset == "mock" or urlsplit(config.base_url).port == 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="api-router", description="Streaming LLM API gateway (OpenAI/Anthropic-compatible)."
+    )
+    parser.add_argument("--version", action="version", version=f"api-router {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the router",
+        description=f"Run the router. Settings: command line > {ENV_CONFIG_PATH} and the other "
+        "API_ROUTER_* variables > config file > defaults. With no config, uses the mock preset.",
+    )
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="PATH", help=f"config file (env {ENV_CONFIG_PATH})")
+    source.add_argument("--provider", choices=cfg.PRESETS, help="use a built-in provider preset")
+    serve.add_argument("--host", help=f"listen address (env {ENV_OVERRIDES['host']})")
+    serve.add_argument("--port", type=_port, help=f"listen port (env {ENV_OVERRIDES['port']})")
+    serve.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default 1)")
+    serve.add_argument(
+        "--log-level", type=str.lower, choices=cfg.LOG_LEVELS, help=f"(env {ENV_OVERRIDES['log_level']})"
+    )
+    serve.add_argument("--log-format", choices=("text", "json"), help=f"(env {ENV_OVERRIDES['log_format']})")
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("path", metavar="PATH")
+
+    mock = commands.add_parser("mock-upstream", help="run the built-in mock LLM upstream")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
+    mock.add_argument("--tokens-per-second", type=float, default=20.0)
+    mock.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate chain")
+    mock.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
+    return parser
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    source = resolve_source(args.config, args.provider, env)
+    overrides = build_overrides(vars(args), env)
+    try:
+        config = load_config(source, overrides)
+    except cfg.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    from api_router import server  # noqa: PLC0415 - lazy: heavy, and not needed by other commands
+
+    return server.run(config, start_mock=wants_mock(source, config), workers=args.workers)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        config = cfg.load(args.path)
+    except cfg.ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.path}: ok ({len(config.endpoints)} endpoints, baseUrl {config.base_url})")
+    return 0
+
+
+def _mock_upstream(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key must be given together")
+    if args.tokens_per_second <= 0:
+        parser.error("--tokens-per-second must be positive")
+    from api_router import mock_upstream  # noqa: PLC0415 - lazy: only this command needs it
+
+    return mock_upstream.run(
+        host=args.host,
+        port=args.port,
+        tokens_per_second=args.tokens_per_second,
+        certfile=args.tls_cert,
+        keyfile=args.tls_key,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args, os.environ)
+    if args.command == "check-config":
+        return _check_config(args)
+    return _mock_upstream(args, parser)

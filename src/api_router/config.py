@@ -1,0 +1,392 @@
+"""Typed, validated configuration.
+
+The file format is the camelCase JSON of the original Rust api-router, so old configs load
+unchanged; every field added since is optional. Everything that can be checked is checked at
+load time, with errors naming the file and the JSON field path, so that the request path can
+trust the values and never reads the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "DEFAULT_API_KEY_ENV",
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "EndpointConfig",
+    "RateLimitConfig",
+    "StreamConfig",
+    "StreamConfigOverride",
+    "TimeoutsConfig",
+    "UpstreamTlsConfig",
+    "from_dict",
+    "load",
+    "load_preset",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+PRESETS: tuple[str, ...] = ("openai", "anthropic", "ollama", "vllm", "qwen", "openrouter", "mock")
+DEFAULT_API_KEY_ENV = "DEFAULT_API_KEY"
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Framing and hop-by-hop headers are the router's own business; a configured copy would
+# corrupt the upstream request instead of customising it.
+_ROUTER_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise PydanticCustomError("header_name", "not a valid header name")
+    if name.lower() in _ROUTER_HEADERS:
+        raise PydanticCustomError("header_reserved", "this header is set by the router; remove it")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if _BAD_VALUE_CHARS.search(value):
+        raise PydanticCustomError("header_value", "header value must not contain control characters")
+    return value
+
+
+def _endpoint_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise PydanticCustomError("endpoint_path", "endpoint path must start with '/'")
+    return path
+
+
+Headers = dict[Annotated[str, AfterValidator(_header_name)], Annotated[str, AfterValidator(_header_value)]]
+EndpointPath = Annotated[str, AfterValidator(_endpoint_path)]
+BufferSize = Annotated[int, Field(ge=256, le=16 * MiB)]
+Seconds = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        allow_inf_nan=False,
+    )
+
+
+class RateLimitConfig(_Model):
+    """Token bucket: ``burst`` requests at once, refilled at ``requestsPerMinute``; null = no limit."""
+
+    requests_per_minute: NonNegative | None = None
+    burst: NonNegative | None = None
+
+
+class StreamConfig(_Model):
+    buffer_size: BufferSize = 8 * KiB
+    heartbeat_interval_secs: Seconds = 30.0
+
+
+class StreamConfigOverride(_Model):
+    """An endpoint's streamConfig: each field set here replaces the global one."""
+
+    buffer_size: BufferSize | None = None
+    heartbeat_interval_secs: Seconds | None = None
+
+
+class UpstreamTlsConfig(_Model):
+    verify: bool = True
+    ca_file: str | None = None  # extra CA bundle, e.g. for a self-signed upstream
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Relative to the config file's directory; checked now so a typo fails at startup."""
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        path = (Path(base) / Path(value).expanduser()).resolve()
+        if not path.is_file():
+            raise PydanticCustomError("ca_file", "no such file: {path}", {"path": str(path)})
+        return str(path)
+
+
+class TimeoutsConfig(_Model):
+    connect_secs: Seconds = 10.0
+    read_secs: Seconds = 600.0  # the longest the upstream may stay silent, before or during a response
+
+
+class EndpointConfig(_Model):
+    """Per-path settings; a null field means "the built-in default for this path"."""
+
+    upstream_path: str | None = None
+    method: str | None = None
+    headers: Headers = Field(default_factory=dict)
+    stream_support: bool | None = None
+    requires_multipart: bool | None = None
+    rate_limit: RateLimitConfig | None = None
+    stream_config: StreamConfigOverride | None = None
+
+    @field_validator("upstream_path")
+    @classmethod
+    def _absolute_path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise PydanticCustomError("upstream_path", "must start with '/'")
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        upper = value.upper()
+        if upper not in METHODS:
+            raise PydanticCustomError(
+                "method",
+                "must be one of {methods}, got {value}",
+                {"methods": ", ".join(METHODS), "value": repr(value)},
+            )
+        return upper
+
+
+class Config(_Model):
+    """One router's whole configuration. Immutable: a reload builds a new one."""
+
+    name: str | None = None
+    base_url: str
+    headers: Headers = Field(default_factory=dict)
+    model_mapping: dict[str, str] = Field(default_factory=dict)
+    port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (tests, side-by-side runs)
+    host: str = Field(default="127.0.0.1", min_length=1)
+    rate_limit: RateLimitConfig | None = None
+    stream_config: StreamConfig = Field(default_factory=StreamConfig)
+    endpoints: dict[EndpointPath, EndpointConfig] = Field(default_factory=dict)
+    api_key_env: str | None = None
+    upstream_tls: UpstreamTlsConfig = Field(default_factory=UpstreamTlsConfig)
+    timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
+    log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    max_body_bytes: int = Field(default=4 * MiB, ge=1)
+    max_multipart_bytes: int = Field(default=25 * MiB, ge=1)
+
+    _source: str = PrivateAttr(default="<dict>")
+    _api_key: SecretStr | None = PrivateAttr(default=None)
+    _stream_configs: dict[str, StreamConfig] = PrivateAttr(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as exc:
+            raise PydanticCustomError("base_url", "not a valid URL: {error}", {"error": str(exc)}) from None
+        if parts.scheme.lower() not in ("http", "https"):
+            raise PydanticCustomError(
+                "base_url", "scheme must be http or https, got {scheme}", {"scheme": repr(parts.scheme)}
+            )
+        if not parts.hostname:
+            raise PydanticCustomError("base_url", "URL has no host")
+        if parts.username is not None or parts.password is not None:
+            raise PydanticCustomError("base_url", "credentials in the URL are not supported; use apiKeyEnv")
+        if parts.query or parts.fragment:
+            raise PydanticCustomError("base_url", "URL must not have a query or fragment")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # The message must not echo the value: it may be a key pasted in by mistake.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "api_key_env",
+                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        lower = value.lower()
+        if lower not in LOG_LEVELS:
+            raise PydanticCustomError(
+                "log_level",
+                "must be one of {levels}, got {value}",
+                {"levels": ", ".join(LOG_LEVELS), "value": repr(value)},
+            )
+        return lower
+
+    @model_validator(mode="after")
+    def _precompute(self) -> Config:
+        """Resolve what the hot path needs once: merged stream configs and the API key."""
+        merged: dict[str, StreamConfig] = {}
+        for path, endpoint in self.endpoints.items():
+            override = endpoint.stream_config
+            if override is not None:
+                changes = override.model_dump(exclude_none=True)
+                merged[path] = (
+                    self.stream_config.model_copy(update=changes) if changes else self.stream_config
+                )
+        self._stream_configs = merged
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        key = key or os.environ.get(DEFAULT_API_KEY_ENV, "")
+        self._api_key = SecretStr(key) if key else None
+        return self
+
+    @property
+    def source(self) -> str:
+        """Where this config came from: a file path, ``preset:NAME`` or ``<defaults>``."""
+        return self._source
+
+    def stream_config_for(self, path: str) -> StreamConfig:
+        """The global streamConfig with the endpoint's fields (if any) laid over it."""
+        return self._stream_configs.get(path, self.stream_config)
+
+    def api_key(self) -> str | None:
+        """The upstream key: ``$apiKeyEnv``, else ``$DEFAULT_API_KEY``, else None (read at load)."""
+        return self._api_key.get_secret_value() if self._api_key is not None else None
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A re-validated copy with snake_case ``overrides`` applied (e.g. the mock's real baseUrl)."""
+        return from_dict(self.model_dump(by_alias=True, exclude_unset=True), self.source, overrides)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` has one ``source: field.path: problem`` line per error."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems  # (dotted JSON field path or "", message)
+        lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _apply_overrides(
+    data: Mapping[str, Any], source: str, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    merged = dict(data)
+    for name, value in (overrides or {}).items():
+        field = Config.model_fields.get(name)
+        if field is None or field.alias is None:
+            raise ConfigError(source, [(name, "unknown setting in overrides")])
+        if value is None:
+            continue  # None means "not given", so callers can pass every flag
+        merged.pop(name, None)
+        merged[field.alias] = value
+    return merged
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    # pydantic marks a bad dict key with a trailing "[key]" part; the key itself names it well.
+    return ".".join(str(part) for part in loc if part != "[key]")
+
+
+def from_dict(
+    data: Mapping[str, Any],
+    source: str = "<dict>",
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Validate ``data`` (camelCase keys) with ``overrides`` (snake_case names) laid over it."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            source, [("", f"expected a JSON object at the top level, got {type(data).__name__}")]
+        )
+    merged = _apply_overrides(data, source, overrides)
+    overridden = {Config.model_fields[name].alias for name, v in (overrides or {}).items() if v is not None}
+    try:
+        config = Config.model_validate(merged, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            loc = _format_loc(error["loc"])
+            if error["loc"] and error["loc"][0] in overridden:
+                loc += " (override)"
+            problems.append((loc, error["msg"]))
+        raise ConfigError(source, problems) from None
+    config._source = source
+    return config
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            source, [("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(source, [("", f"invalid JSON: {exc}")]) from None
+
+
+def load(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a config file; a relative ``upstreamTls.caFile`` is taken from the file's directory."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(source, [("", "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, [("", "is a directory, not a config file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [("", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read: {exc.strerror or exc}")]) from None
+    data = _parse_json(text, source)
+    return from_dict(data, source, overrides, base_dir=Path(path).resolve().parent)
+
+
+def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load a built-in provider preset (package data), e.g. ``load_preset("openai")``."""
+    source = f"preset:{name}"
+    if name not in PRESETS:
+        raise ConfigError(source, [("", f"unknown preset; choose one of: {', '.join(PRESETS)}")])
+    text = resources.files("api_router").joinpath("presets", f"{name}.json").read_text(encoding="utf-8")
+    return from_dict(_parse_json(text, source), source, overrides)

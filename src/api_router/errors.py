@@ -1,0 +1,122 @@
+"""Every error a client can see, and the one place where they are rendered.
+
+The tree is small on purpose::
+
+    GatewayError                 status, OpenAI ``type`` and ``code``
+      ├── BadRequest             400 invalid_request_error
+      ├── NotFound               404
+      ├── MethodNotAllowed       405
+      ├── PayloadTooLarge        413
+      ├── UpstreamUnreachable    502 (connect refused/reset, TLS failure, bad upstream HTTP)
+      ├── UpstreamBroken         502 mid-stream: the upstream died after the response started
+      └── UpstreamTimeout        504
+
+Bodies use OpenAI's shape ``{"error": {"message", "type", "code"}}`` except on Anthropic
+routes, which get Anthropic's ``{"type": "error", "error": {"type", "message"}}`` so that
+each SDK raises its own typed exception.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+
+
+class ApiFlavor(enum.Enum):
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+# Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "api_error",
+}
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers
+
+    def payload(self, flavor: ApiFlavor) -> dict[str, object]:
+        if flavor is ApiFlavor.ANTHROPIC:
+            kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+            return {"type": "error", "error": {"type": kind, "message": self.message}}
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+    def body(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
+        return json.dumps(self.payload(flavor), separators=(",", ":")).encode()
+
+    def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
+        """One complete SSE ``error`` event; both SDKs raise on it."""
+        return b"event: error\ndata: " + self.body(flavor) + b"\n\n"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.status} {self.code}: {self.message}>"
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "bad_request"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamUnreachable(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class UpstreamBroken(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_disconnected"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+def from_os_error(exc: BaseException, target: str) -> GatewayError:
+    """Map a connect/read failure to the client-facing error (httpx's ``map_exceptions`` seam)."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"upstream {target} did not answer in time")
+    reason = type(exc).__name__
+    detail = str(exc) or reason
+    return UpstreamUnreachable(f"upstream {target} is unreachable: {detail}")

@@ -1,0 +1,96 @@
+"""Prometheus metrics. Counted per exchange and published once at its end (or at a heartbeat
+tick for long streams), so the per-event path never takes a prometheus_client lock."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from api_router.net.forward import Forwarder
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
+
+
+class Metrics:
+    def __init__(self, known_routes: set[str] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.known_routes = known_routes or set()
+        self.active_streams = 0  # mirrors the gauge, for /health
+        r = self.registry
+        self.streaming_active = Gauge("streaming_active", "SSE streams open now", registry=r)
+        self.bytes_forwarded = Counter(
+            "streaming_bytes_forwarded", "Response body bytes forwarded from upstreams to clients", registry=r
+        )
+        self.streaming_errors = Counter(
+            "streaming_errors", "Exchanges that ended in an error, by reason", ["reason"], registry=r
+        )
+        self.client_disconnects = Counter(
+            "stream_client_disconnects", "Clients that went away before their response ended", registry=r
+        )
+        self.heartbeats = Counter("stream_heartbeats_sent", "SSE heartbeat comments sent", registry=r)
+        self.requests = Counter(
+            "requests", "Requests answered, by route and status", ["route", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "request_duration_seconds",
+            "Request start to response end",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "upstream_time_to_first_byte_seconds",
+            "Request start to the upstream's response head",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def stream_started(self, route: str) -> None:
+        self.active_streams += 1
+        self.streaming_active.inc()
+
+    def publish_progress(self, forwarder: Forwarder) -> None:
+        """Publish bytes and heartbeats counted so far (long streams, at heartbeat ticks)."""
+        state = forwarder.state
+        fresh = state.bytes_forwarded - forwarder.published_bytes
+        if fresh:
+            self.bytes_forwarded.inc(fresh)
+            forwarder.published_bytes = state.bytes_forwarded
+        beats = state.heartbeats - forwarder.published_heartbeats
+        if beats:
+            self.heartbeats.inc(beats)
+            forwarder.published_heartbeats = state.heartbeats
+
+    def exchange_finished(self, forwarder: Forwarder, reason: str) -> None:
+        route = forwarder.route.path
+        self.publish_progress(forwarder)
+        if forwarder.state.sse:
+            self.active_streams -= 1
+            self.streaming_active.dec()
+        if reason == "client_disconnect":
+            self.client_disconnects.inc()
+        elif reason != "completed":
+            self.streaming_errors.labels(reason).inc()
+        self.requests.labels(route, str(forwarder.status or 499)).inc()
+        self.duration.labels(route).observe(time.perf_counter() - forwarder.started_at)
+        if forwarder.ttfb is not None:
+            self.ttfb.labels(route).observe(forwarder.ttfb)
+
+    def local_response(self, path: str, status: int) -> None:
+        route = path if path in self.known_routes else UNMATCHED
+        self.requests.labels(route, str(status)).inc()
+
+    def render(self) -> tuple[bytes, bytes]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()

@@ -1,0 +1,366 @@
+"""The client side: parse requests with httptools, admit them, hand each to a Forwarder.
+
+One exchange runs at a time per connection; pipelined requests wait in a queue. Bodies of
+JSON routes are read whole (capped) so the model can be mapped; multipart and pass-through
+bodies stream to the upstream as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from api_router.core.http import Framing, HeaderList, header_value, response_head
+from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
+from api_router.errors import ApiFlavor, BadRequest, GatewayError, PayloadTooLarge
+from api_router.net.forward import Forwarder
+from api_router.net.tasks import spawn
+from api_router.routing import Route, RouteKind
+
+if TYPE_CHECKING:
+    from api_router.server import App
+
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_QUEUED = 16
+_REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Request:
+    __slots__ = (
+        "body",
+        "complete",
+        "error",
+        "forwarder",
+        "header_bytes",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "request_id",
+        "route",
+        "started_at",
+        "url",
+    )
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.url = b""
+        self.headers: HeaderList = []
+        self.header_bytes = 0
+        self.method = "GET"
+        self.path = "/"
+        self.query = b""
+        self.route: Route | RouteKind | None = None
+        self.error: GatewayError | None = None
+        self.body = bytearray()
+        self.forwarder: Forwarder | None = None
+        self.complete = False
+        self.keep_alive = True
+        self.request_id = b""
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: str | None = None
+        self.http11 = True
+        self.exchange: Forwarder | None = None
+        self._req: _Request | None = None
+        self._queue: deque[_Request] = deque()
+        self._reading_paused = False
+        self._closed = False
+        self._fetching = False  # a /v1/models answer is being fetched
+
+    # -- asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.app.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject_and_close(
+                BadRequest("protocol upgrades are not supported", code="upgrade_not_supported")
+            )
+        except httptools.HttpParserError as exc:
+            self._reject_and_close(BadRequest(f"malformed HTTP request: {exc}", code="malformed_request"))
+
+    def eof_received(self) -> bool:
+        return False  # a client that half-closes is gone: close, which ends any stream
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.app.connection_closed(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.downstream_lost()
+        req = self._req
+        if req is not None and req.forwarder is not None and req.forwarder is not exchange:
+            req.forwarder.downstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.downstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.downstream_writable(True)
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._req = _Request(time.perf_counter())
+
+    def on_url(self, url: bytes) -> None:
+        assert self._req is not None
+        self._req.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
+        req.header_bytes += len(name) + len(value) + 4
+        req.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        parser = self.parser
+        req.method = parser.get_method().decode()
+        self.http11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        req.request_id = _request_id(header_value(req.headers, b"x-request-id"))
+        try:
+            url = httptools.parse_url(req.url)
+            req.path = url.path.decode()
+            req.query = url.query or b""
+            if req.header_bytes > _MAX_HEADER_BYTES:
+                raise GatewayError("request headers are too large", code="headers_too_large")
+            req.route = self.app.router.match(req.method, req.path)
+        except httptools.HttpParserInvalidURLError:
+            req.error = BadRequest("invalid request target", code="invalid_url")
+            return
+        except GatewayError as error:
+            req.error = error
+            return
+        route = req.route
+        if not isinstance(route, Route):
+            return
+        length = header_value(req.headers, b"content-length")
+        limit = self.app.max_multipart_bytes if route.kind is RouteKind.MULTIPART else self.app.max_body_bytes
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), route.flavor)
+            return
+        if header_value(req.headers, b"expect") == b"100-continue" and self.http11:
+            self.transport.write(_CONTINUE)
+        idle = self.exchange is None and not self._fetching and not self._queue
+        if route.kind in (RouteKind.MULTIPART, RouteKind.PASSTHROUGH) and idle:
+            self._start_streamed(req, route, int(length) if length is not None and length.isdigit() else None)
+
+    def on_body(self, body: bytes) -> None:
+        req = self._req
+        if req is None or req.error is not None:
+            return
+        if req.forwarder is not None:
+            req.forwarder.request_body(body)
+            return
+        req.body += body
+        route = req.route
+        limit = self.app.max_multipart_bytes
+        if isinstance(route, Route) and route.kind is RouteKind.JSON:
+            limit = self.app.max_body_bytes
+        if len(req.body) > limit:
+            flavor = route.flavor if isinstance(route, Route) else ApiFlavor.OPENAI
+            self._reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), flavor)
+
+    def on_message_complete(self) -> None:
+        req, self._req = self._req, None
+        if req is None or self._closed:
+            return
+        req.complete = True
+        req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
+        if req.forwarder is not None:
+            req.forwarder.request_body_end()
+            return
+        self._queue.append(req)
+        if len(self._queue) > _MAX_QUEUED:
+            self.pause_reading()
+        self._dispatch()
+
+    # -- dispatch -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        while self.exchange is None and not self._fetching and self._queue and not self._closed:
+            req = self._queue.popleft()
+            self._handle(req)
+        if not self._queue:
+            self.resume_reading()
+
+    def _handle(self, req: _Request) -> None:
+        route = req.route
+        if req.error is not None or route is None:
+            flavor = route.flavor if isinstance(route, Route) else ApiFlavor.OPENAI
+            error = req.error or BadRequest("bad request")
+            self.send_error(error, flavor, req.request_id, req.keep_alive)
+            self.app.metrics.local_response(req.path, error.status)
+            return
+        if route is RouteKind.HEALTH:
+            self._send_local(req, 200, b"application/json", self.app.health_body())
+        elif route is RouteKind.METRICS:
+            body, content_type = self.app.metrics.render()
+            self._send_local(req, 200, content_type, body)
+        elif isinstance(route, Route) and route.kind is RouteKind.MODELS:
+            self._fetching = True
+            spawn(self._answer_models(req, route))
+        elif isinstance(route, Route) and route.kind is RouteKind.JSON:
+            self._start_json(req, route)
+        elif isinstance(route, Route):  # a streamed-body route that had to wait its turn
+            self._start_streamed(req, route, len(req.body))
+            assert req.forwarder is not None
+            req.forwarder.request_body(bytes(req.body))
+            req.forwarder.request_body_end()
+
+    def _start_json(self, req: _Request, route: Route) -> None:
+        try:
+            body, stream, _model = self.app.router.prepare_json(route, bytes(req.body))
+        except GatewayError as error:
+            self.send_error(error, route.flavor, req.request_id, req.keep_alive)
+            self.app.metrics.local_response(route.path, error.status)
+            return
+        self._begin(req, route, body=body, streaming=stream)
+
+    def _start_streamed(self, req: _Request, route: Route, length: int | None) -> None:
+        rewriter = None
+        if route.kind is RouteKind.MULTIPART:
+            boundary = boundary_from_content_type(
+                (header_value(req.headers, b"content-type") or b"").decode()
+            )
+            if boundary is not None:
+                rewriter = MultipartModelRewriter(boundary, self.app.router.config.model_mapping)
+        req.forwarder = self._begin(req, route, body=None, streaming=False, rewriter=rewriter, length=length)
+
+    def _begin(
+        self,
+        req: _Request,
+        route: Route,
+        *,
+        body: bytes | None,
+        streaming: bool,
+        rewriter: MultipartModelRewriter | None = None,
+        length: int | None = None,
+    ) -> Forwarder:
+        router = self.app.router
+        headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
+
+        def head(body_length: int | None) -> bytes:
+            return router.upstream_head(route, headers, query, body_length, request_id, peer, streaming)
+
+        forwarder = Forwarder(
+            self.app,
+            self,
+            route,
+            request_id=request_id,
+            head=head,
+            body=body,
+            streaming=streaming,
+            started_at=req.started_at,
+            rewriter=rewriter,
+            body_length=length,
+        )
+        self.exchange = forwarder
+        self.transport.set_write_buffer_limits(high=route.buffer_size)
+        forwarder.start()
+        return forwarder
+
+    async def _answer_models(self, req: _Request, route: Route) -> None:
+        status, content_type, body = await self.app.fetch_models(
+            route, req.headers, req.request_id, self.peer
+        )
+        self._fetching = False
+        if self._closed:
+            return
+        self._send_local(req, status, content_type, body)
+        self._dispatch()
+
+    # -- writing ------------------------------------------------------------------------
+    def _send_local(self, req: _Request, status: int, content_type: bytes, body: bytes) -> None:
+        headers = [(b"content-type", content_type), (b"x-request-id", req.request_id)]
+        if not req.keep_alive:
+            headers.append((b"connection", b"close"))
+        payload = b"" if req.method == "HEAD" else body
+        self.transport.write(response_head(status, headers, Framing.LENGTH, len(body)) + payload)
+        self.app.metrics.local_response(req.path, status)
+        if not req.keep_alive:
+            self.transport.close()
+
+    def send_error(
+        self, error: GatewayError, flavor: ApiFlavor, request_id: bytes, keep_alive: bool = True
+    ) -> bool:
+        """Write a whole error response; returns whether the connection stays open."""
+        if self._closed:
+            return False
+        body = error.body(flavor)
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id or _request_id(None))]
+        headers.extend((name.encode(), value.encode()) for name, value in error.headers)
+        if not keep_alive:
+            headers.append((b"connection", b"close"))
+        self.transport.write(response_head(error.status, headers, Framing.LENGTH, len(body)) + body)
+        if not keep_alive:
+            self.transport.close()
+        return keep_alive
+
+    def _reject_and_close(self, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
+        """For input we stop reading: answer once, then close (the parser state is unusable)."""
+        req = self._req
+        if req is not None and req.forwarder is not None:
+            return  # a streamed body is already upstream: the exchange ends it
+        if self.exchange is None:
+            self.send_error(error, flavor, req.request_id if req else b"", keep_alive=False)
+            self.app.metrics.local_response(req.path if req else "-", error.status)
+        self._closed = True
+        self.transport.close()
+
+    def exchange_finished(self, forwarder: Forwarder, keep_alive: bool) -> None:
+        if self.exchange is forwarder:
+            self.exchange = None
+        req = self._req
+        if req is not None and req.forwarder is forwarder:
+            keep_alive = False  # the response ended before the client finished its body
+        if not keep_alive or self._closed:
+            self._closed = True
+            self.transport.close()
+            return
+        self._dispatch()
+
+    def abort(self) -> None:
+        self._closed = True
+        self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self._closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and not self._closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def __repr__(self) -> str:
+        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={len(self._queue)}>"
+
+
+def _request_id(client_value: bytes | None) -> bytes:
+    """The client's X-Request-ID when it is a sane token, else a new one."""
+    if client_value and len(client_value) <= 128 and all(c in _REQUEST_ID_CHARS for c in client_value):
+        return client_value
+    return secrets.token_hex(12).encode()

@@ -1,0 +1,335 @@
+"""The Forwarder joins one client request to one upstream exchange.
+
+It is the thin interpreter of ``core/stream.py``: upstream callbacks go in, the StreamState
+decides, and the Forwarder writes, arms timers and moves flow control between the two
+transports. No coroutine runs per event: the only ``await`` is the connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from api_router.core.http import (
+    CRLF,
+    LAST_CHUNK,
+    Framing,
+    HeaderList,
+    end_to_end,
+    header_value,
+    response_head,
+)
+from api_router.core.stream import Ending, Phase, StreamState
+from api_router.errors import (
+    GatewayError,
+    UpstreamBroken,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    from_os_error,
+)
+from api_router.net.tasks import spawn
+from api_router.routing import Route
+
+if TYPE_CHECKING:
+    from api_router.core.multipart import MultipartModelRewriter
+    from api_router.net.downstream import DownstreamProtocol
+    from api_router.net.upstream import UpstreamConnection
+    from api_router.server import App
+
+_STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
+
+
+class Forwarder:
+    """One exchange. Created by the downstream protocol once the route is known."""
+
+    def __init__(
+        self,
+        app: App,
+        downstream: DownstreamProtocol,
+        route: Route,
+        *,
+        request_id: bytes,
+        head: Callable[[int | None], bytes],
+        body: bytes | None,
+        streaming: bool,
+        started_at: float,
+        rewriter: MultipartModelRewriter | None = None,
+        body_length: int | None = None,
+    ) -> None:
+        self.app = app
+        self.loop = app.loop
+        self.downstream = downstream
+        self.transport = downstream.transport
+        self.route = route
+        self.request_id = request_id
+        self.state = StreamState(route.heartbeat_interval, route.flavor)
+        self.streaming = streaming
+        self.started_at = started_at
+        self.conn: UpstreamConnection | None = None
+        self._head = head
+        self._body = body  # a whole JSON body, kept until the first response byte (stale retry)
+        self._rewriter = rewriter
+        self._body_length = body_length  # the client's Content-Length of a streamed body
+        self._body_chunked_upstream = False
+        self._pending: list[bytes] = []  # streamed body bytes waiting for the connection
+        self._pending_bytes = 0
+        self._body_complete = body is not None
+        self._head_sent = False
+        self._reused = False
+        self._retried = False
+        self._connect_task: asyncio.Task[None] | None = None
+        self._framing = Framing.CHUNKED
+        self.status = 0
+        self.ttfb: float | None = None
+        self.last_read = self.loop.time()  # loop clock (timers); started_at is perf_counter (latency)
+        self.last_heartbeat = 0.0
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._paused = False
+        self.published_bytes = 0
+        self.published_heartbeats = 0
+
+    # -- request side -------------------------------------------------------------------
+    def start(self) -> None:
+        self._connect_task = spawn(self._connect())
+
+    async def _connect(self, fresh: bool = False) -> None:
+        pool = self.app.pool
+        try:
+            if fresh:
+                conn, reused = await pool.connect(self.app.router.origin), False
+            else:
+                conn, reused = await pool.acquire(self.app.router.origin)
+        except GatewayError as error:
+            self._apply(self.state.upstream_failed(error))
+            return
+        if self.state.phase is not Phase.AWAITING_UPSTREAM:
+            pool.release(conn)  # the client left while we connected; nothing was sent on it
+            return
+        self.conn = conn
+        self._reused = reused
+        conn.bind(self, self.route.buffer_size)
+        self._arm_watchdog(self.app.read_timeout)
+        self._send_request()
+
+    def _send_request(self) -> None:
+        conn = self.conn
+        if conn is None or self._head_sent:
+            return
+        if self._body is not None:
+            self._head_sent = True
+            conn.write(self._head(len(self._body)) + self._body)
+            return
+        if self._rewriter is not None and not self._rewriter.decided:
+            return
+        length = self._body_length
+        if self._rewriter is not None and length is not None:
+            delta = self._rewriter.length_delta
+            length = None if delta is None else length + delta
+        if self._body_length is None and self._body_complete:
+            length = self._pending_bytes  # no body, or one that ended before the head went out
+        self._body_chunked_upstream = length is None
+        self._head_sent = True
+        conn.write(self._head(length))
+        self._flush_pending()
+
+    def request_body(self, data: bytes) -> None:
+        """A piece of a streamed (multipart or pass-through) client body."""
+        if self._rewriter is not None:
+            data = self._rewriter.feed(data)
+            if self._rewriter.decided and not self._head_sent:
+                self._send_request()
+        if data:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+        if self._head_sent:
+            self._flush_pending()
+        elif self._pending_bytes > self.route.buffer_size:
+            self.downstream.pause_reading()  # hold at most bufferSize until the upstream is ready
+
+    def request_body_end(self) -> None:
+        self._body_complete = True
+        if self._rewriter is not None:
+            tail = self._rewriter.finish()
+            if tail:
+                self._pending.append(tail)
+                self._pending_bytes += len(tail)
+        if self._head_sent:
+            self._flush_pending()
+        else:
+            self._send_request()
+
+    def _flush_pending(self) -> None:
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        pending, self._pending = self._pending, []
+        for piece in pending:
+            conn.write(b"%x\r\n%b\r\n" % (len(piece), piece) if self._body_chunked_upstream else piece)
+        if self._body_complete and self._body_chunked_upstream:
+            conn.write(LAST_CHUNK)
+            self._body_chunked_upstream = False
+        self._pending_bytes = 0
+        self.downstream.resume_reading()
+
+    def upstream_writable(self, writable: bool) -> None:
+        if writable:
+            self.downstream.resume_reading()
+        else:
+            self.downstream.pause_reading()
+
+    # -- response side ------------------------------------------------------------------
+    def upstream_head(self, status: int, headers: HeaderList) -> None:
+        if status < 200:
+            return  # 1xx interim responses are not forwarded
+        now = self.loop.time()
+        self.status = status
+        self.ttfb = time.perf_counter() - self.started_at
+        self._body = None  # from here on there is no retry
+        content_type = header_value(headers, b"content-type") or b""
+        is_sse = content_type.startswith(b"text/event-stream")
+        out = end_to_end(headers, _STRIP_FROM_RESPONSE)
+        out.append((b"x-request-id", self.request_id))
+        if is_sse:
+            if header_value(out, b"cache-control") is None:
+                out.append((b"cache-control", b"no-cache"))
+            out.append((b"x-accel-buffering", b"no"))
+        length = header_value(headers, b"content-length")
+        if not self.downstream.http11:
+            self._framing = Framing.CLOSE
+        elif length is not None and not is_sse and length.isdigit():
+            self._framing = Framing.LENGTH
+        else:
+            self._framing = Framing.CHUNKED
+        self.transport.write(response_head(status, out, self._framing, int(length or 0)))
+        self.state.response_started(is_sse)
+        self.last_read = now
+        if is_sse:
+            self.app.metrics.stream_started(self.route.path)
+            self._heartbeat_timer = self.loop.call_at(now + self.route.heartbeat_interval, self._on_tick)
+
+    def upstream_body(self, data: bytes) -> None:
+        """The hot path: one call per upstream read, no allocation beyond the chunk header."""
+        self.state.data(data)
+        self.last_read = self.loop.time()
+        if self._framing is Framing.CHUNKED:
+            self.transport.writelines((b"%x\r\n" % len(data), data, CRLF))
+        else:
+            self.transport.write(data)
+
+    def upstream_done(self, keep_alive: bool) -> None:
+        self._apply(self.state.upstream_finished(keep_alive and self._body_complete))
+
+    def upstream_lost(self, exc: BaseException | None) -> None:
+        phase = self.state.phase
+        if phase is Phase.AWAITING_UPSTREAM and self._reused and not self._retried and self._body is not None:
+            # A pooled connection the server had already closed: resend once on a fresh one.
+            self._retried = True
+            self.conn = None
+            self._head_sent = False
+            self._cancel_timers()
+            self._connect_task = spawn(self._connect(fresh=True))
+            return
+        error: GatewayError
+        if isinstance(exc, GatewayError):
+            error = exc
+        elif phase is Phase.STREAMING:
+            error = UpstreamBroken("the upstream connection closed in the middle of the response")
+        elif exc is None:
+            error = UpstreamUnreachable(
+                f"upstream {self.app.router.origin} closed the connection without answering"
+            )
+        else:
+            error = from_os_error(exc, str(self.app.router.origin))
+        self._apply(self.state.upstream_failed(error))
+
+    def downstream_writable(self, writable: bool) -> None:
+        """Backpressure: a slow client stops us reading the upstream."""
+        conn = self.conn
+        if conn is None:
+            return
+        self._paused = not writable
+        if writable:
+            conn.resume_reading()
+        else:
+            conn.pause_reading()
+
+    def downstream_lost(self) -> None:
+        self._apply(self.state.downstream_lost())
+
+    # -- timers -------------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        self._heartbeat_timer = None
+        now = self.loop.time()
+        data, next_check = self.state.tick(max(self.last_read, self.last_heartbeat), now)
+        if data is not None and not self._paused:
+            self.last_heartbeat = now
+            self.upstream_body_write(data)
+        if next_check is not None:
+            self._heartbeat_timer = self.loop.call_at(next_check, self._on_tick)
+        self.app.metrics.publish_progress(self)
+
+    def upstream_body_write(self, data: bytes) -> None:
+        """Write bytes of our own (heartbeat, error event) in the response's framing."""
+        if self._framing is Framing.CHUNKED:
+            self.transport.writelines((b"%x\r\n" % len(data), data, CRLF))
+        else:
+            self.transport.write(data)
+
+    def _arm_watchdog(self, timeout: float) -> None:
+        self._watchdog = self.loop.call_at(self.last_read + timeout, self._on_watchdog, timeout)
+
+    def _on_watchdog(self, timeout: float) -> None:
+        self._watchdog = None
+        now = self.loop.time()
+        if self._paused:  # silence we caused by not reading is not the upstream's fault
+            self.last_read = now
+        if now - self.last_read >= timeout:
+            self._apply(self.state.upstream_failed(UpstreamTimeout(f"upstream silent for {timeout:g} s")))
+            return
+        self._arm_watchdog(timeout)
+
+    def _cancel_timers(self) -> None:
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+            self._heartbeat_timer = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    # -- the end ------------------------------------------------------------------------
+    def _apply(self, ending: Ending) -> None:
+        if ending.reason == "ignored":
+            return
+        self._cancel_timers()
+        task = self._connect_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if ending.reuse_upstream:
+                self.app.pool.release(conn)
+            else:
+                conn.close()
+        keep_alive = False
+        if ending.error_response is not None:
+            self.status = ending.error_response.status
+            keep_alive = self.downstream.send_error(ending.error_response, self.route.flavor, self.request_id)
+        elif ending.close_downstream:
+            self.downstream.abort()
+        else:
+            if ending.trailer:
+                self.upstream_body_write(ending.trailer)
+            if self._framing is Framing.CHUNKED:
+                self.transport.write(LAST_CHUNK)
+            keep_alive = self._framing is not Framing.CLOSE and self._body_complete
+        self.app.metrics.exchange_finished(self, ending.reason)
+        self.app.access_log(self, ending.reason)
+        self.downstream.exchange_finished(self, keep_alive)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Forwarder {self.route.path} id={self.request_id.decode()} {self.state!r} conn={self.conn!r}>"
+        )

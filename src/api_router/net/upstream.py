@@ -1,0 +1,255 @@
+"""Upstream connections: an httptools response parser on a BufferedProtocol, and a keep-alive pool.
+
+Reads land in one buffer shared by every connection of the loop. That is safe because each
+read is parsed and written downstream synchronously inside ``buffer_updated``, and it keeps
+an idle stream's memory free of a read buffer; the slice handed to each connection is the
+route's ``bufferSize``, which bounds every read (and so every chunk forwarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Protocol, cast
+
+import httptools
+
+from api_router.core.http import HeaderList
+from api_router.errors import UpstreamUnreachable, from_os_error
+from api_router.routing import Origin
+
+_SHARED_READ_BUFFER = bytearray(0)
+_VIEWS: dict[int, memoryview] = {}
+
+
+def _read_view(size: int) -> memoryview:
+    global _SHARED_READ_BUFFER
+    view = _VIEWS.get(size)
+    if view is None:
+        if size > len(_SHARED_READ_BUFFER):
+            for old in _VIEWS.values():
+                old.release()
+            _VIEWS.clear()
+            _SHARED_READ_BUFFER = bytearray(size)
+        view = _VIEWS[size] = memoryview(_SHARED_READ_BUFFER)[:size]
+    return view
+
+
+class ResponseListener(Protocol):
+    """What a connection reports to the exchange that borrowed it (the Forwarder)."""
+
+    def upstream_head(self, status: int, headers: HeaderList) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_done(self, keep_alive: bool) -> None: ...
+    def upstream_lost(self, exc: BaseException | None) -> None: ...
+    def upstream_writable(self, writable: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
+    """One HTTP/1.1 connection to an origin; re-enters the pool only after a complete response."""
+
+    def __init__(self, pool: UpstreamPool, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.listener: ResponseListener | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self._view = _read_view(8192)
+        self._headers: HeaderList = []
+        self._bytes_in_response = 0
+        self._close_delimited = False
+        self.requests = 0
+        self.closed = False
+        self.idle_since = 0.0
+
+    # -- asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.parser.feed_data(self._view[:nbytes])
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamUnreachable(f"upstream {self.origin} sent invalid HTTP: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        listener, self.listener = self.listener, None
+        if listener is None:
+            return
+        if self._close_delimited:  # an HTTP/1.0-style body ends with the connection
+            listener.upstream_done(False)
+        else:
+            listener.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_writable(False)
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_writable(True)
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._close_delimited = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        names = {name for name, _ in self._headers}
+        self._close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
+        if status in (204, 304) or 100 <= status < 200:
+            self._close_delimited = False
+        if self.listener is not None:
+            self.listener.upstream_head(status, self._headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.listener is not None:
+            self.listener.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        keep_alive = self.parser.should_keep_alive()
+        self._close_delimited = False
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.upstream_done(keep_alive)
+
+    # -- used by the Forwarder ----------------------------------------------------------
+    def bind(self, listener: ResponseListener, buffer_size: int) -> None:
+        self.listener = listener
+        self.requests += 1
+        if len(self._view) != buffer_size:
+            self._view = _read_view(buffer_size)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Drop the connection at once (never pooled): the backend sees the close and stops."""
+        self.listener = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+            self.pool.forget(self)
+
+    def _fail(self, error: Exception) -> None:
+        listener, self.listener = self.listener, None
+        self.close()
+        if listener is not None:
+            listener.upstream_lost(error)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("active" if self.listener else "idle")
+        return f"<UpstreamConnection {self.origin} {state} requests={self.requests}>"
+
+
+class UpstreamPool:
+    """Per-origin LIFO keep-alive pool. Only a connection whose response completed cleanly returns."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        connect_timeout: float,
+        max_idle_per_origin: int = 256,
+        idle_timeout: float = 30.0,
+    ) -> None:
+        self._ssl = ssl_context
+        self._connect_timeout = connect_timeout
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, str, int], deque[UpstreamConnection]] = {}
+        self.opened = 0
+        self.reused = 0
+
+    async def acquire(self, origin: Origin) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused (a reused one may turn out stale)."""
+        loop = asyncio.get_running_loop()
+        idle = self._idle.get(origin.key)
+        now = loop.time()
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > self._idle_timeout:
+                conn.close()
+                continue
+            self.reused += 1
+            return conn, True
+        return await self.connect(origin), False
+
+    async def connect(self, origin: Origin) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        tls = self._ssl if origin.scheme == "https" else None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=tls,
+                    server_hostname=origin.host if tls else None,
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise from_os_error(exc, str(origin)) from exc
+        self.opened += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed or conn.listener is not None:
+            return
+        idle = self._idle.setdefault(conn.origin.key, deque())
+        if len(idle) >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = asyncio.get_running_loop().time()
+        idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.origin.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close_all(self) -> None:
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool idle={self.idle_count} opened={self.opened} reused={self.reused}>"
+
+
+def make_ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """System CA store, verification on by default; ``ca_file`` adds a private CA."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,250 @@
+"""Which route a request takes, and what goes upstream. Pure: no sockets, no clock.
+
+Built-in routes always exist; a config's ``endpoints`` entry overrides a built-in route field
+by field or adds a new proxied path. ``/health`` and ``/metrics`` are answered by the router.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from api_router.config import Config, EndpointConfig
+from api_router.core.http import HeaderList, end_to_end, request_head
+from api_router.errors import ApiFlavor, BadRequest, GatewayError, MethodNotAllowed, NotFound
+
+
+class RouteKind(enum.Enum):
+    JSON = "json"  # small JSON body: read whole, validated, model mapped
+    MULTIPART = "multipart"  # streamed through; the form's model field is mapped on the fly
+    PASSTHROUGH = "passthrough"  # body (if any) streamed through unchanged
+    MODELS = "models"  # upstream's list, or the modelMapping keys when it has none
+    HEALTH = "health"
+    METRICS = "metrics"
+
+
+@dataclass(frozen=True, slots=True)
+class _Builtin:
+    method: str
+    kind: RouteKind
+    stream_support: bool
+    flavor: ApiFlavor = ApiFlavor.OPENAI
+
+
+BUILTIN_ROUTES: dict[str, _Builtin] = {
+    "/v1/chat/completions": _Builtin("POST", RouteKind.JSON, True),
+    "/v1/completions": _Builtin("POST", RouteKind.JSON, True),
+    "/v1/embeddings": _Builtin("POST", RouteKind.JSON, False),
+    "/v1/audio/transcriptions": _Builtin("POST", RouteKind.MULTIPART, False),
+    "/v1/audio/translations": _Builtin("POST", RouteKind.MULTIPART, False),
+    "/v1/messages": _Builtin("POST", RouteKind.JSON, True, ApiFlavor.ANTHROPIC),
+    "/v1/models": _Builtin("GET", RouteKind.MODELS, False),
+}
+LOCAL_ROUTES = {"/health": RouteKind.HEALTH, "/metrics": RouteKind.METRICS}
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Headers the router sets itself for the upstream; a client's copy is dropped.
+_ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.scheme, self.host, self.port)
+
+    @property
+    def host_header(self) -> bytes:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode()
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
+
+
+def parse_origin(base_url: str) -> Origin:
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return Origin(scheme, parts.hostname or "", port, parts.path.rstrip("/"))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    path: str
+    kind: RouteKind
+    method: str  # the method the client must use
+    upstream_method: bytes
+    upstream_path: bytes  # base path + upstream path
+    stream_support: bool
+    buffer_size: int
+    heartbeat_interval: float
+    headers: HeaderList  # config headers: global, then the endpoint's, lower-cased names
+    flavor: ApiFlavor
+
+
+class Router:
+    """Built from one Config; immutable, so a reload builds a new one."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.origin = parse_origin(config.base_url)
+        self._api_key = config.api_key()
+        self._routes: dict[str, Route] = {}
+        for path, builtin in BUILTIN_ROUTES.items():
+            self._routes[path] = self._build(path, builtin, config.endpoints.get(path))
+        for path, endpoint in config.endpoints.items():
+            if path not in self._routes and path not in LOCAL_ROUTES:
+                method = endpoint.method or "POST"
+                kind = RouteKind.JSON if method in _BODY_METHODS else RouteKind.PASSTHROUGH
+                self._routes[path] = self._build(path, _Builtin(method, kind, False), endpoint)
+
+    def _build(self, path: str, builtin: _Builtin, endpoint: EndpointConfig | None) -> Route:
+        stream_config = self.config.stream_config_for(path)
+        kind = builtin.kind
+        stream_support = builtin.stream_support
+        upstream_path = path
+        upstream_method = builtin.method
+        headers = _lower(self.config.headers)
+        if endpoint is not None:
+            if endpoint.requires_multipart:
+                kind = RouteKind.MULTIPART
+            if endpoint.stream_support is not None:
+                stream_support = endpoint.stream_support
+            upstream_path = endpoint.upstream_path or path
+            upstream_method = endpoint.method or builtin.method
+            overrides = _lower(endpoint.headers)
+            names = {name for name, _ in overrides}
+            headers = [(n, v) for n, v in headers if n not in names] + overrides
+        return Route(
+            path=path,
+            kind=kind,
+            method=builtin.method if endpoint is None or path in BUILTIN_ROUTES else upstream_method,
+            upstream_method=upstream_method.encode(),
+            upstream_path=(self.origin.base_path + upstream_path).encode(),
+            stream_support=stream_support,
+            buffer_size=stream_config.buffer_size,
+            heartbeat_interval=stream_config.heartbeat_interval_secs,
+            headers=headers,
+            flavor=builtin.flavor,
+        )
+
+    def match(self, method: str, path: str) -> Route | RouteKind:
+        """The Route for a proxied path, the RouteKind for a local one; raises 404/405."""
+        local = LOCAL_ROUTES.get(path)
+        if local is not None:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
+            return local
+        route = self._routes.get(path)
+        if route is None:
+            raise NotFound(f"no route for {path}")
+        if method != route.method:
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {route.method}")
+        return route
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())
+
+    def upstream_head(
+        self,
+        route: Route,
+        client_headers: HeaderList,
+        query: bytes,
+        body_length: int | None,
+        request_id: bytes,
+        client_addr: str | None,
+        streaming: bool,
+    ) -> bytes:
+        """The request head for the upstream. ``body_length`` None means a chunked body."""
+        headers = end_to_end(client_headers, _ROUTER_OWNED)
+        has_content_type = any(name == b"content-type" for name, _ in headers)
+        client_auth = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
+        configured = {name for name, _ in route.headers}
+        # Config headers override the client's, but never the client's credentials or body type.
+        keep = {b"content-type"} if has_content_type else set()
+        if client_auth:
+            keep |= {b"authorization", b"x-api-key"}
+        headers = [(n, v) for n, v in headers if n not in configured or n in keep]
+        headers += [(n, v) for n, v in route.headers if n not in keep]
+        if not client_auth and self._api_key and not any(n == b"authorization" for n, _ in route.headers):
+            if route.flavor is ApiFlavor.ANTHROPIC:
+                headers.append((b"x-api-key", self._api_key.encode()))
+            else:
+                headers.append((b"authorization", b"Bearer " + self._api_key.encode()))
+        headers.append((b"host", self.origin.host_header))
+        headers.append((b"x-request-id", request_id))
+        if client_addr:
+            forwarded = next((v for n, v in headers if n == b"x-forwarded-for"), None)
+            headers = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
+            value = client_addr.encode()
+            headers.append((b"x-forwarded-for", forwarded + b", " + value if forwarded else value))
+        if streaming:
+            # A compressed SSE body would hide event boundaries from the heartbeat rule.
+            headers.append((b"accept-encoding", b"identity"))
+        if body_length is None:
+            headers.append((b"transfer-encoding", b"chunked"))
+        elif body_length or route.upstream_method in (b"POST", b"PUT", b"PATCH"):
+            headers.append((b"content-length", str(body_length).encode()))
+        target = route.upstream_path + (b"?" + query if query else b"")
+        return request_head(route.upstream_method, target, headers)
+
+    def prepare_json(self, route: Route, raw: bytes) -> tuple[bytes, bool, str | None]:
+        """Validate a JSON body, map its model; returns (body to send, stream?, client model)."""
+        try:
+            body: Any = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object", code="invalid_json")
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("'model' must be a string", code="invalid_type")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("'stream' must be a boolean", code="invalid_type")
+        changed = False
+        mapped = self.config.model_mapping.get(model) if model is not None else None
+        if mapped is not None and mapped != model:
+            body["model"] = mapped
+            changed = True
+        if stream and not route.stream_support:
+            body["stream"] = False  # the endpoint is configured without streaming: answer plain
+            stream = False
+            changed = True
+        if changed:
+            raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return raw, stream, model
+
+    def model_list(self) -> bytes:
+        """The fallback for GET /v1/models: the names clients may ask for."""
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "api-router"}
+            for name in self.config.model_mapping
+        ]
+        return json.dumps({"object": "list", "data": data}).encode()
+
+
+def _lower(headers: dict[str, str]) -> HeaderList:
+    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+
+def require_json_object(raw: bytes) -> None:
+    """Raise BadRequest unless raw is a JSON object (used where no mapping is needed)."""
+    try:
+        if not isinstance(json.loads(raw), dict):
+            raise BadRequest("request body must be a JSON object", code="invalid_json")
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+__all__ = ["GatewayError", "Origin", "Route", "RouteKind", "Router", "parse_origin"]
