@@ -9,9 +9,10 @@ from typing import Any
 
 
 class RawResponse:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
         self.sock = sock
-        self._buf = b""
+        self._buf = buffered
+        self._keep_open = False
         head = self._read_until(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         self.status = int(lines[0].split()[1])
@@ -50,7 +51,8 @@ class RawResponse:
             size = int(self._read_until(b"\r\n").split(b";")[0], 16)
             if size == 0:
                 self._read_until(b"\r\n")
-                self.sock.close()
+                if not self._keep_open:
+                    self.sock.close()
                 return
             data = self._read_exact(size)
             self._read_exact(2)
@@ -61,8 +63,18 @@ class RawResponse:
             return b"".join(self.chunks())
         length = int(self.headers.get("content-length", "0"))
         data = self._read_exact(length)
-        self.sock.close()
+        if not self._keep_open:
+            self.sock.close()
         return data
+
+    def body_keep_open(self) -> bytes:
+        """Read this response's body and leave the connection open for the next one."""
+        self._keep_open = True
+        return self.body()
+
+    def next_response(self) -> RawResponse:
+        """The next response on the same connection (keep-alive, pipelining, 100-continue)."""
+        return RawResponse(self.sock, self._buf)
 
     def close(self) -> None:
         self.sock.close()

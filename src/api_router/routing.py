@@ -46,7 +46,7 @@ BUILTIN_ROUTES: dict[str, _Builtin] = {
 LOCAL_ROUTES = {"/health": RouteKind.HEALTH, "/metrics": RouteKind.METRICS}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Headers the router sets itself for the upstream; a client's copy is dropped.
-_ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept-encoding"})
+_ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept-encoding", b"expect"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ class Router:
         return Route(
             path=path,
             kind=kind,
-            method=builtin.method if endpoint is None or path in BUILTIN_ROUTES else upstream_method,
+            method=builtin.method,
             upstream_method=upstream_method.encode(),
             upstream_path=(self.origin.base_path + upstream_path).encode(),
             stream_support=stream_support,
@@ -236,15 +236,6 @@ class Router:
 
 def _lower(headers: dict[str, str]) -> HeaderList:
     return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-
-
-def require_json_object(raw: bytes) -> None:
-    """Raise BadRequest unless raw is a JSON object (used where no mapping is needed)."""
-    try:
-        if not isinstance(json.loads(raw), dict):
-            raise BadRequest("request body must be a JSON object", code="invalid_json")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 __all__ = ["GatewayError", "Origin", "Route", "RouteKind", "Router", "parse_origin"]

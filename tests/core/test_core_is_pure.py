@@ -72,7 +72,8 @@ def test_the_scan_catches_forbidden_imports(source: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "source", ["import enum", "from . import sse", "from api_router.core.sse import X", "from datetime import time"]
+    "source",
+    ["import enum", "from . import sse", "from api_router.core.sse import X", "from datetime import time"],
 )
 def test_the_scan_allows_other_imports(source: str) -> None:
     assert not imported_modules(ast.parse(source)) & FORBIDDEN

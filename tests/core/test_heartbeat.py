@@ -67,10 +67,18 @@ def test_repr() -> None:
     elapsed=st.floats(min_value=0, max_value=1e5),
     at_boundary=st.booleans(),
 )
-def test_decision_properties(interval: float, last_write_at: float, elapsed: float, at_boundary: bool) -> None:
+def test_decision_properties(
+    interval: float, last_write_at: float, elapsed: float, at_boundary: bool
+) -> None:
     now = last_write_at + elapsed
     send, next_check = HeartbeatPolicy(interval).decide(last_write_at, now, at_boundary)
     due = last_write_at + interval
     assert send == (now >= due and at_boundary)
     assert next_check >= now  # never a check in the past
     assert next_check == (due if now < due else now + interval)
+
+
+def test_nan_interval_is_rejected() -> None:
+    # Accepted today, and then decide(0, 0, True) == (True, nan): a heartbeat at once, next check at NaN.
+    with pytest.raises(ValueError):
+        HeartbeatPolicy(float("nan"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,7 +28,7 @@ Part = tuple[str, bytes] | tuple[str, bytes, str, str]
 
 def encode(parts: Sequence[Part], boundary: bytes = BOUNDARY) -> bytes:
     """Encode with httpx, in the given order (text fields as file tuples without a filename)."""
-    files = []
+    files: list[tuple[str, tuple[str | None, bytes] | tuple[str, bytes, str]]] = []
     for part in parts:
         if len(part) == 2:
             files.append((part[0], (None, part[1])))
@@ -102,7 +103,7 @@ def drive(rw: MultipartModelRewriter, chunks: Iterable[bytes]) -> Run:
 
 def splits(body: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = sorted({0, len(body), *(min(c, len(body)) for c in cuts)})
-    return [body[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [body[a:b] for a, b in itertools.pairwise(points)]
 
 
 def every_way(body: bytes) -> Iterable[list[bytes]]:
@@ -148,7 +149,10 @@ UNKNOWN_MODEL: list[Part] = [("model", b"not-mapped"), ("file", AUDIO, "a.wav", 
         ("multipart/form-data;boundary=abc123", b"abc123"),
         ('multipart/form-data; boundary="abc 123"', b"abc 123"),
         ('multipart/form-data; boundary="a\\"b"', b'a"b'),
-        ('Multipart/Form-Data; charset=utf-8; BOUNDARY="----WebKitFormBoundary7MA4"', b"----WebKitFormBoundary7MA4"),
+        (
+            'Multipart/Form-Data; charset=utf-8; BOUNDARY="----WebKitFormBoundary7MA4"',
+            b"----WebKitFormBoundary7MA4",
+        ),
         ("multipart/form-data; boundary=abc; charset=utf-8", b"abc"),
         ("multipart/form-data ; boundary = abc ", b"abc"),
         ("multipart/form-data; boundary=a; boundary=b", b"a"),
@@ -421,12 +425,12 @@ def test_quoted_name_with_escapes_and_filename_lookalike() -> None:
         b"not multipart at all",
         b"--BND",
         b"--BND\r\n",
-        b"--BND\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm",  # truncated value
-        b"--BND\r\nContent-Disposition: form-data; name=\"model\"",  # truncated headers
-        b"--BNDjunk\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\r\n--BND--\r\n",
+        b'--BND\r\nContent-Disposition: form-data; name="model"\r\n\r\nm',  # truncated value
+        b'--BND\r\nContent-Disposition: form-data; name="model"',  # truncated headers
+        b'--BNDjunk\r\nContent-Disposition: form-data; name="model"\r\n\r\nm\r\n--BND--\r\n',
         b"--BND\r\n" + b"X-Big: " + b"a" * MAX_PART_HEADERS + b"\r\n\r\nm\r\n--BND--\r\n",
-        b"--BND\r\nContent-Disposition: attachment; name=\"model\"\r\n\r\nm\r\n--BND--\r\n",
-        b"--BND\r\nContent-Disposition: form-data; name=\"model\"; filename=\"f\"\r\n\r\nm\r\n--BND--\r\n",
+        b'--BND\r\nContent-Disposition: attachment; name="model"\r\n\r\nm\r\n--BND--\r\n',
+        b'--BND\r\nContent-Disposition: form-data; name="model"; filename="f"\r\n\r\nm\r\n--BND--\r\n',
         b"\r\n\r\n\r\n--BND--",
         b"-",
         b"--BN",
@@ -525,7 +529,9 @@ _file_part = st.tuples(
     st.sampled_from(["file", "model"]), _contents, st.sampled_from(["a.wav", "b.mp3"]), st.just("audio/wav")
 )
 _parts = st.lists(st.one_of(_text_part, _model_part, _file_part), max_size=5)
-_boundaries = st.sampled_from([b"BND", b"B", b"----WebKitFormBoundary7MA4YWxkTrZu0gW", b"a-b'c(d)+_,./:=?", b"x" * 70])
+_boundaries = st.sampled_from(
+    [b"BND", b"B", b"----WebKitFormBoundary7MA4YWxkTrZu0gW", b"a-b'c(d)+_,./:=?", b"x" * 70]
+)
 
 
 @HYPOTHESIS
@@ -584,7 +590,9 @@ def test_any_body_any_split(parts: list[Part], boundary: bytes, cuts: list[int],
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
     max_hold=st.integers(min_value=0, max_value=100),
 )
-def test_arbitrary_bytes_never_raise_and_are_preserved(pieces: list[bytes], cuts: list[int], max_hold: int) -> None:
+def test_arbitrary_bytes_never_raise_and_are_preserved(
+    pieces: list[bytes], cuts: list[int], max_hold: int
+) -> None:
     body = b"".join(pieces)
     rw = MultipartModelRewriter(BOUNDARY, {"m": "m", "x": "x"}, max_hold=max_hold)  # rewrites to itself
     run = drive(rw, splits(body, cuts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -67,7 +68,7 @@ def reference_events(stream: bytes) -> list[tuple[str, str]]:
 
 def splits(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = sorted({0, len(data), *(min(c, len(data)) for c in cuts)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def every_way(data: bytes) -> Iterable[list[bytes]]:
@@ -103,7 +104,7 @@ def with_heartbeats(reads: Sequence[bytes]) -> bytes:
 
 # -- strategies ---------------------------------------------------------------------------------
 
-_value = st.text(st.characters(exclude_characters="\r\n", exclude_categories=("Cs",)), max_size=8)
+_value = st.text(st.characters(exclude_characters="\r\n", exclude_categories=["Cs"]), max_size=8)
 _field_line = st.one_of(
     st.builds("data: {}".format, _value),
     st.builds("data:{}".format, _value),
@@ -130,10 +131,9 @@ def assemble(events: Sequence[tuple[Sequence[tuple[str, str]], str]], tail: str 
         for line, terminator in lines:
             out.append(line + terminator)
             previous = terminator
-        if previous == "\r" and end == "\n":
-            end = "\r\n"
-        out.append(end)
-        previous = end
+        empty_line = "\r\n" if previous == "\r" and end == "\n" else end
+        out.append(empty_line)
+        previous = empty_line
     out.append(tail)
     return "".join(out).encode("utf-8")
 
@@ -141,7 +141,9 @@ def assemble(events: Sequence[tuple[Sequence[tuple[str, str]], str]], tail: str 
 sse_streams = st.builds(assemble, st.lists(_event, max_size=6))
 # Valid events, then possibly an unfinished one (the upstream stalled mid-event).
 sse_streams_maybe_stalled = st.builds(
-    assemble, st.lists(_event, max_size=6), st.sampled_from(["", "data: {", 'data: {"a":\n', "event: x\r", "data"])
+    assemble,
+    st.lists(_event, max_size=6),
+    st.sampled_from(["", "data: {", 'data: {"a":\n', "event: x\r", "data"]),
 )
 cuts = st.lists(st.integers(min_value=0, max_value=400), max_size=40)
 
@@ -247,7 +249,10 @@ def test_at_boundary_matches_reference_for_any_split(stream: bytes, cut_points: 
 
 
 @HYPOTHESIS
-@given(stream=st.lists(st.sampled_from([b"a", b":", b" ", b"\r", b"\n"]), max_size=60).map(b"".join), cut_points=cuts)
+@given(
+    stream=st.lists(st.sampled_from([b"a", b":", b" ", b"\r", b"\n"]), max_size=60).map(b"".join),
+    cut_points=cuts,
+)
 def test_at_boundary_matches_reference_for_any_bytes(stream: bytes, cut_points: list[int]) -> None:
     check_reads(splits(stream, cut_points))
 

@@ -228,7 +228,8 @@ def test_client_disconnect_before_upstream_answers(make_router, upstream):
 
     def closed() -> bool:
         return any(
-            s.get("req_id") == "early-abort" and s["end_reason"] == "peer_closed" for s in upstream.stats()["streams"]
+            s.get("req_id") == "early-abort" and s["end_reason"] == "peer_closed"
+            for s in upstream.stats()["streams"]
         )
 
     wait_for(closed, what="the upstream to see the early close")

@@ -16,7 +16,7 @@ class HeartbeatPolicy:
     __slots__ = ("interval",)
 
     def __init__(self, interval: float) -> None:
-        if interval <= 0:
+        if not interval > 0:  # also rejects NaN
             raise ValueError("heartbeat interval must be > 0")
         self.interval = interval
 

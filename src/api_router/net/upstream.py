@@ -120,6 +120,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.listener.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return  # an interim response (100 Continue): the real one follows on this connection
         keep_alive = self.parser.should_keep_alive()
         self._close_delimited = False
         listener, self.listener = self.listener, None
