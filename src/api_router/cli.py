@@ -135,9 +135,22 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    if args.workers > 1:
+        from api_router.supervisor import prepare_metrics_dir  # noqa: PLC0415
+
+        prepare_metrics_dir()  # before prometheus_client is imported (by the server)
     from api_router import server  # noqa: PLC0415 - lazy: heavy, and not needed by other commands
 
-    return server.run(config, start_mock=wants_mock(source, config), workers=args.workers)
+    def reload() -> cfg.Config:
+        return load_config(source, overrides)
+
+    return server.run(
+        config,
+        start_mock=wants_mock(source, config),
+        workers=args.workers,
+        reload=reload,
+        watch_path=source.path,
+    )
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -32,6 +32,20 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from api_router.config_backends import (
+    BackendConfig,
+    BackendGroupConfig,
+    Balancing,
+    CacheConfig,
+    HealthCheckConfig,
+    ModelRoute,
+    ModelTarget,
+    PoolConfig,
+    check_backend_references,
+    http_url,
+    implicit_group,
+)
+
 __all__ = [
     "DEFAULT_API_KEY_ENV",
     "PRESETS",
@@ -117,6 +131,32 @@ class RateLimitConfig(_Model):
 
     requests_per_minute: NonNegative | None = None
     burst: NonNegative | None = None
+    # Backend settings below are read from the global rateLimit only (see limits.py).
+    redis: str | None = Field(default=None, repr=False)  # the URL may hold a password
+    fail_open: bool = True
+    timeout_ms: int = Field(default=50, gt=0)
+    concurrent_streams: int | None = Field(default=None, ge=1)
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # The messages must not echo the URL: it may carry a password.
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise PydanticCustomError("redis_url", "not a valid URL") from None
+        if parts.scheme.lower() not in ("redis", "rediss"):
+            raise PydanticCustomError(
+                "redis_url", "scheme must be redis or rediss, got {scheme}", {"scheme": repr(parts.scheme)}
+            )
+        if not parts.hostname:
+            raise PydanticCustomError("redis_url", "URL has no host")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise PydanticCustomError("redis_url", "the path must be a database number, like /0")
+        return value
 
 
 class StreamConfig(_Model):
@@ -163,6 +203,7 @@ class EndpointConfig(_Model):
     requires_multipart: bool | None = None
     rate_limit: RateLimitConfig | None = None
     stream_config: StreamConfigOverride | None = None
+    backends: str | None = None  # a backendGroups name; null = the default group
 
     @field_validator("upstream_path")
     @classmethod
@@ -190,9 +231,9 @@ class Config(_Model):
     """One router's whole configuration. Immutable: a reload builds a new one."""
 
     name: str | None = None
-    base_url: str
+    base_url: str | None = None  # required unless backends is given
     headers: Headers = Field(default_factory=dict)
-    model_mapping: dict[str, str] = Field(default_factory=dict)
+    model_mapping: dict[str, ModelTarget] = Field(default_factory=dict)  # read via mapped_model()
     port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (tests, side-by-side runs)
     host: str = Field(default="127.0.0.1", min_length=1)
     rate_limit: RateLimitConfig | None = None
@@ -205,30 +246,24 @@ class Config(_Model):
     log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = Field(default=4 * MiB, ge=1)
     max_multipart_bytes: int = Field(default=25 * MiB, ge=1)
+    drain_timeout_secs: float = Field(default=30.0, ge=0)  # SIGTERM: how long streams may finish
+    backends: list[BackendConfig] | None = Field(default=None, min_length=1)  # instead of baseUrl
+    backend_groups: dict[str, BackendGroupConfig] = Field(default_factory=dict)
+    balancing: Balancing = "round-robin"  # balancing, retries, healthCheck: of the default group
+    retries: int = Field(default=2, ge=0)
+    health_check: HealthCheckConfig | None = None
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    pool: PoolConfig = Field(default_factory=PoolConfig)
 
     _source: str = PrivateAttr(default="<dict>")
     _api_key: SecretStr | None = PrivateAttr(default=None)
     _stream_configs: dict[str, StreamConfig] = PrivateAttr(default_factory=dict)
+    _default_group: BackendGroupConfig | None = PrivateAttr(default=None)
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError as exc:
-            raise PydanticCustomError("base_url", "not a valid URL: {error}", {"error": str(exc)}) from None
-        if parts.scheme.lower() not in ("http", "https"):
-            raise PydanticCustomError(
-                "base_url", "scheme must be http or https, got {scheme}", {"scheme": repr(parts.scheme)}
-            )
-        if not parts.hostname:
-            raise PydanticCustomError("base_url", "URL has no host")
-        if parts.username is not None or parts.password is not None:
-            raise PydanticCustomError("base_url", "credentials in the URL are not supported; use apiKeyEnv")
-        if parts.query or parts.fragment:
-            raise PydanticCustomError("base_url", "URL must not have a query or fragment")
-        return value
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else http_url(value, "base_url")
 
     @field_validator("api_key_env")
     @classmethod
@@ -270,6 +305,13 @@ class Config(_Model):
         self._api_key = SecretStr(key) if key else None
         return self
 
+    @model_validator(mode="after")
+    def _resolve_backends(self) -> Config:
+        """Check the group references (errors name the field) and build the default group once."""
+        check_backend_references(self)
+        self._default_group = implicit_group(self)
+        return self
+
     @property
     def source(self) -> str:
         """Where this config came from: a file path, ``preset:NAME`` or ``<defaults>``."""
@@ -282,6 +324,21 @@ class Config(_Model):
     def api_key(self) -> str | None:
         """The upstream key: ``$apiKeyEnv``, else ``$DEFAULT_API_KEY``, else None (read at load)."""
         return self._api_key.get_secret_value() if self._api_key is not None else None
+
+    def default_group(self) -> BackendGroupConfig:
+        """The group for requests that name no other: ``backends`` or the one ``baseUrl``."""
+        assert self._default_group is not None  # set by _resolve_backends
+        return self._default_group
+
+    def mapped_model(self, name: str) -> str | None:
+        """The upstream model for a client's model name; None if it is not mapped."""
+        target = self.model_mapping.get(name)
+        return target.model if isinstance(target, ModelRoute) else target
+
+    def model_group(self, name: str) -> str | None:
+        """The backendGroups name a model is routed to; None: the endpoint's or the default group."""
+        target = self.model_mapping.get(name)
+        return target.backends if isinstance(target, ModelRoute) else None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A re-validated copy with snake_case ``overrides`` applied (e.g. the mock's real baseUrl)."""

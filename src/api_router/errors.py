@@ -9,6 +9,7 @@ The tree is small on purpose::
       ├── PayloadTooLarge        413
       ├── UpstreamUnreachable    502 (connect refused/reset, TLS failure, bad upstream HTTP)
       ├── UpstreamBroken         502 mid-stream: the upstream died after the response started
+      ├── ServiceUnavailable     503 (shutting down; a limiter backend down and failing closed)
       └── UpstreamTimeout        504
 
 Bodies use OpenAI's shape ``{"error": {"message", "type", "code"}}`` except on Anthropic
@@ -105,6 +106,12 @@ class UpstreamBroken(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_disconnected"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

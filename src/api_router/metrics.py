@@ -3,6 +3,7 @@ tick for long streams), so the per-event path never takes a prometheus_client lo
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from api_router.net.forward import Forwarder
@@ -24,11 +26,15 @@ UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must n
 
 class Metrics:
     def __init__(self, known_routes: set[str] | None = None) -> None:
+        # With --workers, values live in PROMETHEUS_MULTIPROC_DIR and every scrape sums all workers.
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
         self.known_routes = known_routes or set()
         self.active_streams = 0  # mirrors the gauge, for /health
         r = self.registry
-        self.streaming_active = Gauge("streaming_active", "SSE streams open now", registry=r)
+        self.streaming_active = Gauge(
+            "streaming_active", "SSE streams open now", registry=r, multiprocess_mode="livesum"
+        )
         self.bytes_forwarded = Counter(
             "streaming_bytes_forwarded", "Response body bytes forwarded from upstreams to clients", registry=r
         )
@@ -93,4 +99,8 @@ class Metrics:
         self.requests.labels(route, str(status)).inc()
 
     def render(self) -> tuple[bytes, bytes]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
+        registry = self.registry
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST.encode()

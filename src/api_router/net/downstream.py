@@ -332,6 +332,8 @@ class DownstreamProtocol(asyncio.Protocol):
     def exchange_finished(self, forwarder: Forwarder, keep_alive: bool) -> None:
         if self.exchange is forwarder:
             self.exchange = None
+        if self.app.draining:
+            keep_alive = False
         req = self._req
         if req is not None and req.forwarder is forwarder:
             keep_alive = False  # the response ended before the client finished its body
@@ -340,6 +342,19 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self._dispatch()
+
+    def close_if_idle(self) -> None:
+        """Draining: a connection between requests is closed now, a busy one after its response."""
+        if self.exchange is None and not self._fetching and self._req is None:
+            self._closed = True
+            self.transport.close()
+
+    def shut_down(self) -> None:
+        if self.exchange is not None:
+            self.exchange.shut_down()  # writes the error event; the draining flag then closes us
+        if not self._closed:
+            self._closed = True
+            self.transport.close()
 
     def abort(self) -> None:
         self._closed = True

@@ -24,6 +24,7 @@ from api_router.core.http import (
 from api_router.core.stream import Ending, Phase, StreamState
 from api_router.errors import (
     GatewayError,
+    ServiceUnavailable,
     UpstreamBroken,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -63,6 +64,7 @@ class Forwarder:
         self.downstream = downstream
         self.transport = downstream.transport
         self.route = route
+        self.router = app.router  # a reload does not move an exchange that already started
         self.request_id = request_id
         self.state = StreamState(route.heartbeat_interval, route.flavor)
         self.streaming = streaming
@@ -99,9 +101,9 @@ class Forwarder:
         pool = self.app.pool
         try:
             if fresh:
-                conn, reused = await pool.connect(self.app.router.origin), False
+                conn, reused = await pool.connect(self.router.origin), False
             else:
-                conn, reused = await pool.acquire(self.app.router.origin)
+                conn, reused = await pool.acquire(self.router.origin)
         except GatewayError as error:
             self._apply(self.state.upstream_failed(error))
             return
@@ -239,10 +241,10 @@ class Forwarder:
             error = UpstreamBroken("the upstream connection closed in the middle of the response")
         elif exc is None:
             error = UpstreamUnreachable(
-                f"upstream {self.app.router.origin} closed the connection without answering"
+                f"upstream {self.router.origin} closed the connection without answering"
             )
         else:
-            error = from_os_error(exc, str(self.app.router.origin))
+            error = from_os_error(exc, str(self.router.origin))
         self._apply(self.state.upstream_failed(error))
 
     def downstream_writable(self, writable: bool) -> None:
@@ -258,6 +260,10 @@ class Forwarder:
 
     def downstream_lost(self) -> None:
         self._apply(self.state.downstream_lost())
+
+    def shut_down(self) -> None:
+        """The drain timeout passed: end this exchange the way a failed upstream would."""
+        self._apply(self.state.upstream_failed(ServiceUnavailable("the router is shutting down")))
 
     # -- timers -------------------------------------------------------------------------
     def _on_tick(self) -> None:

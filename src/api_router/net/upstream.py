@@ -218,6 +218,11 @@ class UpstreamPool:
         self.opened += 1
         return conn
 
+    def configure(self, *, ssl_context: ssl.SSLContext | None, connect_timeout: float) -> None:
+        """New settings (a reload) apply to new connections; pooled ones stay valid."""
+        self._ssl = ssl_context
+        self._connect_timeout = connect_timeout
+
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed or conn.listener is not None:
             return

@@ -1,0 +1,279 @@
+"""Median tables, ratios to nginx, the targets table, the machine description, results JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.targets import LITELLM_VENV, NGINX_BIN
+
+TARGET_ORDER = ("direct", "router", "router+features", "nginx", "litellm")
+RATIO, MINUS_DIRECT = "ratio", "minus_direct"
+# workload -> columns (figure key, header, kind): kind "" = the median, "ratio" = the median
+# and its ratio to nginx's, "minus_direct" = the median minus the direct run's median
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "chunk": [
+        ("cpu_us_per_event", "CPU µs/event", RATIO),
+        ("events_per_s", "events/s", RATIO),
+        ("cpu_s", "CPU s", ""),
+    ],
+    "paced": [
+        ("cpu_pct", "CPU %", RATIO),
+        ("gap_p50_ms", "gap p50 ms", ""),
+        ("gap_p99_ms", "gap p99 ms", ""),
+        ("gap_p99_ms", "gap p99 added ms", MINUS_DIRECT),
+        ("events_per_s", "events/s", ""),
+    ],
+    "ttft": [
+        ("ttft_p50_ms", "TTFT p50 ms", ""),
+        ("ttft_p99_ms", "TTFT p99 ms", ""),
+        ("ttft_p50_ms", "p50 added ms", MINUS_DIRECT),
+        ("ttft_p99_ms", "p99 added ms", MINUS_DIRECT),
+    ],
+    "hold": [
+        ("streams", "streams", ""),
+        ("established_s", "open in s", ""),
+        ("rss_mb_before", "RSS before MiB", ""),
+        ("rss_mb_held", "RSS held MiB", ""),
+        ("kb_per_stream", "KB/stream", RATIO),
+    ],
+    "slow": [
+        ("client_mb", "client read MB", ""),
+        ("upstream_mb", "upstream wrote MB", ""),
+        ("upstream_pauses", "upstream pauses", ""),
+        ("rss_growth_kb", "RSS growth KB", RATIO),
+    ],
+    "disconnect": [
+        ("close_p50_ms", "close p50 ms", ""),
+        ("close_p99_ms", "close p99 ms", RATIO),
+        ("never_closed", "never closed", ""),
+    ],
+}
+COLUMNS["features"] = COLUMNS["chunk"]
+TITLES = {
+    "chunk": "1. per-event cost: {chunk_streams} streams × {chunk_events} events, {chunk_payload}-byte payloads",
+    "paced": "2. realistic pacing: {paced_streams} streams, one event every {paced_interval_ms:g} ms",
+    "ttft": "3. TTFT: {ttft_requests} sequential streaming requests (keep-alive)",
+    "hold": "4. memory: {n} streams held open, one event every {hold_interval_ms:g} ms (fresh proxy)",
+    "slow": "5. slow reader: a {slow_mb} MB stream read at {slow_mbps} MB/s for {slow_seconds:g} s (fresh proxy)",
+    "disconnect": "6. disconnect: {disconnect_streams} streams closed after {disconnect_after} events",
+    "features": "7. per-event cost, router with every feature on (ratio to nginx's run of 1.)",
+}
+BASE = {"features": "chunk"}  # where the nginx / direct baselines of a workload come from
+
+
+class Results:
+    """All run records; medians by (workload, target, figure)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, workload: str, target: str, rep: int, figures: dict[str, Any], report: dict[str, Any]) -> None:
+        self.records.append(
+            {"workload": workload, "target": target, "rep": rep, "figures": figures, "report": report}
+        )
+
+    def workloads(self) -> list[str]:
+        return list(dict.fromkeys(r["workload"] for r in self.records))
+
+    def targets(self, workload: str) -> list[str]:
+        found = {r["target"] for r in self.records if r["workload"] == workload}
+        return [t for t in TARGET_ORDER if t in found]
+
+    def median(self, workload: str, target: str, key: str) -> float | None:
+        values = [
+            r["figures"].get(key)
+            for r in self.records
+            if r["workload"] == workload and r["target"] == target and r["figures"].get(key) is not None
+        ]
+        return statistics.median(values) if values else None
+
+    def failed(self, workload: str, target: str) -> int:
+        return sum(r["report"]["failed"] for r in self.records if r["workload"] == workload and r["target"] == target)
+
+    def reps(self, workload: str, target: str) -> int:
+        return sum(1 for r in self.records if r["workload"] == workload and r["target"] == target)
+
+    def total_failed(self, targets: tuple[str, ...] | None = None) -> int:
+        return sum(r["report"]["failed"] for r in self.records if targets is None or r["target"] in targets)
+
+
+def fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, int) or abs(v) >= 1000:
+        return f"{v:,.0f}{unit}"
+    if abs(v) >= 100:
+        return f"{v:.0f}{unit}"
+    if abs(v) >= 10:
+        return f"{v:.1f}{unit}"
+    return f"{v:.2f}{unit}" if abs(v) >= 0.1 else f"{v:.3f}{unit}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def table(res: Results, workload: str, title: str) -> str:
+    kind = "hold" if workload.startswith("hold") else workload
+    cols = COLUMNS[kind]
+    base = BASE.get(workload, workload)
+    headers = ["target"]
+    for _, header, how in cols:
+        headers += [header, "÷ nginx"] if how == RATIO else [header]
+    headers += ["reps", "failed"]
+    lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for target in res.targets(workload):
+        row = [target]
+        for key, _, how in cols:
+            value = res.median(workload, target, key)
+            if how == MINUS_DIRECT:
+                direct = res.median(base, "direct", key)
+                row.append("—" if target == "direct" else fmt(None if direct is None else _diff(value, direct)))
+            else:
+                row.append(fmt(value))
+            if how == RATIO:
+                r = _ratio(value, res.median(base, "nginx", key))
+                row.append("—" if r is None else f"{r:.2f}×")
+        row += [str(res.reps(workload, target)), str(res.failed(workload, target))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _diff(a: float | None, b: float) -> float | None:
+    return None if a is None else a - b
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    target: str
+    ok: bool | None  # None: not measured in this run
+
+
+def checks(res: Results) -> list[Check]:
+    m = res.median
+    out: list[Check] = []
+
+    def add(name: str, value: float | None, target: str, test: Callable[[float], bool], unit: str = "") -> None:
+        out.append(Check(name, fmt(value, unit), target, None if value is None else test(value)))
+
+    add(
+        "CPU/event, features on ÷ nginx",
+        _ratio(m("features", "router+features", "cpu_us_per_event"), m("chunk", "nginx", "cpu_us_per_event")),
+        "≤ 1.0×",
+        lambda v: v <= 1.0,
+        "×",
+    )
+    add(
+        "CPU/event, LiteLLM ÷ router",
+        _ratio(m("chunk", "litellm", "cpu_us_per_event"), m("chunk", "router", "cpu_us_per_event")),
+        "≥ 10×",
+        lambda v: v >= 10,
+        "×",
+    )
+    direct50, direct99 = m("ttft", "direct", "ttft_p50_ms"), m("ttft", "direct", "ttft_p99_ms")
+    router50, router99 = m("ttft", "router", "ttft_p50_ms"), m("ttft", "router", "ttft_p99_ms")
+    nginx50 = m("ttft", "nginx", "ttft_p50_ms")
+    over50 = None if router50 is None or direct50 is None else router50 - direct50
+    allowed = None if nginx50 is None or direct50 is None else nginx50 - direct50 + 0.05
+    out.append(
+        Check(
+            "TTFT overhead p50 (router − direct)",
+            fmt(over50, " ms"),
+            "≤ nginx's + 0.05 ms" + ("" if allowed is None else f" = {fmt(allowed, ' ms')}"),
+            None if over50 is None or allowed is None else over50 <= allowed,
+        )
+    )
+    over99 = None if router99 is None or direct99 is None else router99 - direct99
+    add("TTFT overhead p99 (router − direct)", over99, "≤ 0.5 ms", lambda v: v <= 0.5, " ms")
+    for workload in res.workloads():
+        if workload.startswith("hold"):
+            n = m(workload, "router", "streams")
+            label = f"RSS per stream, {workload[4:]} held" + ("" if n is None else f" ({n:.0f} open)")
+            add(label, m(workload, "router", "kb_per_stream"), "≤ 6 KB", lambda v: v <= 6, " KB")
+    add("RSS growth, slow reader", m("slow", "router", "rss_growth_kb"), "≤ 1024 KB", lambda v: v <= 1024, " KB")
+    add("upstream paused, slow reader", m("slow", "router", "upstream_pauses"), "> 0", lambda v: v > 0)
+    add("abort → upstream closed p99", m("disconnect", "router", "close_p99_ms"), "≤ 20 ms", lambda v: v <= 20, " ms")
+    return out
+
+
+def checks_table(items: list[Check]) -> str:
+    lines = ["### Targets (router)", "", "| figure | measured | target | met |", "|---|---|---|---|"]
+    for c in items:
+        met = "not run" if c.ok is None else ("yes" if c.ok else "**NO**")
+        lines.append(f"| {c.name} | {c.value} | {c.target} | {met} |")
+    return "\n".join(lines)
+
+
+def render(res: Results, sizes: dict[str, Any]) -> str:
+    parts = []
+    fill = {
+        **sizes,
+        "slow_mb": round(sizes["slow_bytes"] / 1e6),
+        "slow_mbps": sizes["slow_bps"] / 1e6,
+    }
+    for workload in res.workloads():
+        if workload.startswith("hold"):
+            title = TITLES["hold"].format(n=workload[4:], **fill)
+        else:
+            title = TITLES[workload].format(**fill)
+        parts.append(table(res, workload, title))
+    parts.append(checks_table(checks(res)))
+    return "\n\n".join(parts)
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout + done.stderr).strip()
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lite = LITELLM_VENV / "bin" / "python"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": _run([NGINX_BIN, "-v"]).replace("nginx version: ", "") if os.access(NGINX_BIN, os.X_OK) else None,
+        "litellm": _run([str(lite), "-c", "import importlib.metadata as m; print(m.version('litellm'))"])
+        if lite.exists()
+        else None,
+        "loadavg": os.getloadavg(),
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"{info['date']}: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}"
+        + (f", nginx {info['nginx']}" if info.get("nginx") else "")
+        + (f", LiteLLM {info['litellm']}" if info.get("litellm") else "")
+    )
+
+
+def write_json(directory: Path, payload: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"bench-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path

@@ -1,0 +1,308 @@
+"""Start and stop what the benchmark measures: the mock upstream, the router (two configs),
+nginx and LiteLLM. Each runs as a child process in its own session, on 127.0.0.1 only, with
+its output in a temp directory; ``Fleet.close()`` (also run at exit) stops every one of them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NGINX_BIN = "/usr/sbin/nginx"
+LITELLM_VENV = HERE / ".litellm-venv"
+LITELLM_KEY = "sk-bench-master"
+BENCH_MODEL = "bench-gpt"  # what clients ask for
+MOCK_MODEL = "mock-large"  # what the router with features maps it to
+READY_TIMEOUT_S = 30.0
+LITELLM_READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 10.0
+NGINX_HINT = "nginx is not installed: apt-get install -y nginx-light (or nginx) to add it to the comparison"
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Target:
+    """An HTTP endpoint the load generator drives; ``pid`` roots the process tree sampled."""
+
+    name: str
+    host: str
+    port: int
+    pid: int | None = None
+    api_key: str = "sk-bench"
+
+
+class Service:
+    """A child process (own session: stopping it stops its whole tree)."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=workdir,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads run while children start
+        )
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {what}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {what} after {timeout:.0f} s:\n{self.tail()}")
+            time.sleep(0.02)
+
+    def wait_for_line(self, pattern: str, timeout: float = READY_TIMEOUT_S) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        def ready() -> bool:
+            match = re.search(pattern, self.tail(1 << 16))
+            if match:
+                found.append(match)
+            return bool(match)
+
+        self.wait_for(ready, timeout, f"line /{pattern}/")
+        return found[0]
+
+    def wait_for_port(self, port: int, timeout: float = READY_TIMEOUT_S, http_path: str | None = None) -> None:
+        def ready() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                    if http_path is None:
+                        return True
+                    s.sendall(f"GET {http_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                    return s.recv(64).startswith(b"HTTP/1.1 200")
+            except OSError:
+                time.sleep(0.2)
+                return False
+
+        self.wait_for(ready, timeout, f"answer on port {port}")
+        self.port = port
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers of the group (nginx workers)
+        self.log.close()
+
+
+def router_config(upstream_port: int, features: bool) -> dict[str, object]:
+    """The router's config: plain (warnings only), or every feature on (access log at info,
+    model mapping; metrics are always collected)."""
+    config: dict[str, object] = {
+        "baseUrl": f"http://127.0.0.1:{upstream_port}",
+        "streamConfig": {"bufferSize": 8192, "heartbeatIntervalSecs": 30},
+        "logLevel": "warning",
+    }
+    if features:
+        config.update(logLevel="info", logFormat="text", modelMapping={BENCH_MODEL: MOCK_MODEL})
+    return config
+
+
+def nginx_conf(workdir: Path, port: int, upstream_port: int, nofile: int) -> str:
+    return f"""
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections {max(1024, nofile - 64)}; }}
+http {{
+    access_log {workdir}/nginx-access.log;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    upstream mock {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 1024;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def litellm_config(upstream_port: int) -> str:
+    return f"""model_list:
+  - model_name: {BENCH_MODEL}
+    litellm_params:
+      model: openai/{MOCK_MODEL}
+      api_base: http://127.0.0.1:{upstream_port}/v1
+      api_key: sk-mock
+general_settings:
+  master_key: {LITELLM_KEY}
+"""
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM's proxy in its own venv (bench/.litellm-venv), installed on first use."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing LiteLLM into {LITELLM_VENV} (once; a few minutes) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True, timeout=300)
+    pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, timeout=600)
+    subprocess.run([*pip, "litellm[proxy]"], check=True, timeout=1800)
+    if not exe.exists():
+        raise RuntimeError(f"pip installed litellm[proxy] but {exe} is missing")
+    return exe
+
+
+class Fleet:
+    """Every child process of one benchmark run, by name; all stopped by ``close()``."""
+
+    def __init__(self, nofile: int) -> None:
+        self.nofile = nofile
+        self.tmp = tempfile.TemporaryDirectory(prefix="api-router-bench-")
+        self.dir = Path(self.tmp.name)
+        self.dir.chmod(0o755)  # nginx workers may run as another user
+        self.services: dict[str, Service] = {}
+        self.upstream_port = 0
+        atexit.register(self.close)
+
+    def start_mock(self) -> Target:
+        argv = [sys.executable, "-m", "api_router.mock_upstream", "--port", "0"]
+        svc = self._add(Service("mock", argv, self.dir))
+        self.upstream_port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
+        svc.port = self.upstream_port
+        return Target("direct", "127.0.0.1", svc.port)
+
+    def start_router(self, name: str = "router", features: bool = False) -> Target:
+        path = self.dir / f"{name}.json"
+        path.write_text(json.dumps(router_config(self.upstream_port, features)))
+        exe = Path(sys.executable).parent / "api-router"
+        argv = [str(exe), "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
+        if not exe.exists():
+            argv = [sys.executable, "-m", "api_router", *argv[1:]]
+        clean = {k: "" for k in os.environ if k.startswith("API_ROUTER_")}
+        svc = self._add(Service(name, argv, self.dir, env=clean))
+        svc.port = int(svc.wait_for_line(r"api-router listening on http://127\.0\.0\.1:(\d+)").group(1))
+        return Target(name, "127.0.0.1", svc.port, svc.pid)
+
+    def start_nginx(self, name: str = "nginx") -> Target:
+        port = free_port()
+        conf = self.dir / f"{name}.conf"
+        conf.write_text(nginx_conf(self.dir, port, self.upstream_port, self.nofile))
+        argv = [NGINX_BIN, "-p", str(self.dir), "-e", str(self.dir / "nginx-error.log"), "-c", str(conf)]
+        svc = self._add(Service(name, [*argv, "-g", "daemon off;"], self.dir))
+        svc.wait_for_port(port)
+        return Target(name, "127.0.0.1", port, svc.pid)
+
+    def start_litellm(self, name: str = "litellm") -> Target:
+        exe = ensure_litellm()
+        port = free_port()
+        conf = self.dir / f"{name}.yaml"
+        conf.write_text(litellm_config(self.upstream_port))
+        env = {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_TELEMETRY": "False",
+            "AIOHTTP_CONNECTOR_LIMIT": "30000",
+            "AIOHTTP_CONNECTOR_LIMIT_PER_HOST": "30000",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+        argv = [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port)]
+        svc = self._add(Service(name, [*argv, "--num_workers", "1"], self.dir, env=env))
+        svc.wait_for_port(port, LITELLM_READY_TIMEOUT_S, http_path="/health/liveliness")
+        return Target(name, "127.0.0.1", port, svc.pid, api_key=LITELLM_KEY)
+
+    def start(self, name: str) -> Target:
+        """(Re)start a proxy by target name, fresh."""
+        self.stop(name)
+        if name == "router":
+            return self.start_router()
+        if name == "router+features":
+            return self.start_router(name, features=True)
+        if name == "nginx":
+            return self.start_nginx()
+        if name == "litellm":
+            return self.start_litellm()
+        raise ValueError(f"unknown target {name!r}")
+
+    def _add(self, svc: Service) -> Service:
+        self.services[svc.name] = svc
+        return svc
+
+    def stop(self, name: str) -> None:
+        svc = self.services.pop(name, None)
+        if svc is not None:
+            svc.stop()
+
+    def close(self) -> None:
+        for name in list(self.services):
+            with contextlib.suppress(Exception):
+                self.stop(name)
+        with contextlib.suppress(Exception):
+            self.tmp.cleanup()
+
+
+def nginx_available() -> bool:
+    return os.access(NGINX_BIN, os.X_OK) or shutil.which("nginx") == NGINX_BIN

@@ -1,0 +1,273 @@
+"""Config models for backend groups, the response cache and the upstream pool.
+
+A router forwards either to one ``baseUrl`` or to a group of ``backends``; named groups in
+``backendGroups`` can be chosen per model (``modelMapping`` objects) or per endpoint. The
+top-level ``balancing``/``retries``/``healthCheck`` shape the implicit default group.
+
+``config.py`` imports this module, so this one cannot import ``config`` while loading: it has
+its own copy of the model base, and reuses config's header and env-name checks at call time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+if TYPE_CHECKING:
+    from api_router.config import Config
+
+__all__ = [
+    "BackendConfig",
+    "BackendGroupConfig",
+    "Balancing",
+    "CacheConfig",
+    "HealthCheckConfig",
+    "ModelRoute",
+    "ModelTarget",
+    "PoolConfig",
+    "check_backend_references",
+    "http_url",
+    "implicit_group",
+]
+
+MiB = 1024 * 1024
+Balancing = Literal["round-robin", "least-connections"]
+Seconds = Annotated[float, Field(gt=0)]
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class _Model(BaseModel):
+    # Same settings as config._Model (see the module docstring for why it is a copy).
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        allow_inf_nan=False,
+    )
+
+
+def http_url(value: str, error_type: str = "url") -> str:
+    """An absolute http(s) URL with a host, no credentials, query or fragment."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise PydanticCustomError(error_type, "not a valid URL: {error}", {"error": str(exc)}) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise PydanticCustomError(
+            error_type, "scheme must be http or https, got {scheme}", {"scheme": repr(parts.scheme)}
+        )
+    if not parts.hostname:
+        raise PydanticCustomError(error_type, "URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise PydanticCustomError(error_type, "credentials in the URL are not supported; use apiKeyEnv")
+    if parts.query or parts.fragment:
+        raise PydanticCustomError(error_type, "URL must not have a query or fragment")
+    return value
+
+
+class BackendConfig(_Model):
+    """One origin of a group. ``headers`` are laid over the router's; a null ``apiKeyEnv``
+    means the router's key (``Config.api_key()``)."""
+
+    url: str
+    weight: int = Field(default=1, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_key_env: str | None = None
+    max_connections: int | None = Field(default=None, ge=1)
+
+    _api_key: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return http_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        from api_router.config import _header_name, _header_value  # noqa: PLC0415 - see module docstring
+
+        for name, header in value.items():
+            try:
+                _header_name(name)
+                _header_value(header)
+            except PydanticCustomError as exc:
+                raise PydanticCustomError(exc.type, "{name}: " + exc.message(), {"name": name}) from None
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        from api_router.config import _ENV_NAME  # noqa: PLC0415 - see module docstring
+
+        # The message must not echo the value: it may be a key pasted in by mistake.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "api_key_env",
+                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _read_key(self) -> BackendConfig:
+        """Read the key at load, like the router's, so the request path never reads the environment."""
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+        self._api_key = SecretStr(key) if key else None
+        return self
+
+    def api_key(self) -> str | None:
+        """``$apiKeyEnv`` as read at load; None if unset or empty (then use the router's key)."""
+        return self._api_key.get_secret_value() if self._api_key is not None else None
+
+
+class HealthCheckConfig(_Model):
+    """Active checks (GET ``path`` every ``intervalSecs``) and the passive circuit breaker settings."""
+
+    path: str = "/health"
+    interval_secs: Seconds = 10.0
+    timeout_secs: Seconds = 2.0
+    failure_threshold: int = Field(default=5, ge=1)  # consecutive failures that open the circuit
+    cooldown_secs: float = Field(default=10.0, ge=0)  # open → half-open after this long
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise PydanticCustomError("health_path", "must start with '/'")
+        return value
+
+
+class BackendGroupConfig(_Model):
+    backends: list[BackendConfig] = Field(min_length=1)
+    balancing: Balancing = "round-robin"
+    retries: int = Field(default=2, ge=0)  # further backends tried when one fails before the first byte
+    health_check: HealthCheckConfig | None = None
+
+    @model_validator(mode="after")
+    def _distinct_urls(self) -> BackendGroupConfig:
+        """Backends are told apart by URL (failover excludes by it), so a repeat is a mistake."""
+        seen: dict[str, int] = {}
+        for index, backend in enumerate(self.backends):
+            first = seen.setdefault(backend.url.rstrip("/"), index)
+            if first != index:
+                _raise(
+                    "BackendGroupConfig",
+                    [(("backends", index, "url"), f"same URL as backends.{first}; use weight instead")],
+                )
+        return self
+
+
+class ModelRoute(_Model):
+    """A ``modelMapping`` value in object form: the upstream model and, optionally, its group."""
+
+    model: str = Field(min_length=1)
+    backends: str | None = None  # a backendGroups name; null = the endpoint's or the default group
+
+
+def _model_target(value: Any) -> str | ModelRoute:
+    if isinstance(value, str | ModelRoute):
+        return value
+    if isinstance(value, Mapping):
+        return ModelRoute.model_validate(value)
+    raise PydanticCustomError(
+        "model_target", 'must be a model name or an object {"model": ..., "backends": ...}'
+    )
+
+
+# A plain validator keeps errors at ``modelMapping.<name>.<field>`` instead of one per union arm.
+ModelTarget = Annotated[str | ModelRoute, PlainValidator(_model_target)]
+
+
+class CacheConfig(_Model):
+    """The response cache for non-streamed requests; ``redis`` shares it between routers."""
+
+    enabled: bool = False
+    max_bytes: int = Field(default=64 * MiB, ge=1)
+    ttl_secs: Seconds = 300.0
+    # redis://, rediss:// or unix:// URL, shared by routers; not in repr: it may hold a password
+    redis: str | None = Field(default=None, repr=False)
+    cache_sampled: bool = False  # also cache requests with temperature > 0
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme.lower() not in _REDIS_SCHEMES:
+            raise PydanticCustomError("redis_url", "must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
+class PoolConfig(_Model):
+    max_idle_per_backend: int = Field(default=256, ge=0)
+    idle_timeout_secs: Seconds = 30.0
+
+
+def _raise(title: str, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+    """Raise errors at the given field paths (pydantic keeps a ValidationError's locations)."""
+    raise ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(type=PydanticCustomError("config", message), loc=loc, input=None)
+            for loc, message in problems
+        ],
+    )
+
+
+def check_backend_references(config: Config) -> None:
+    """Exactly one of baseUrl/backends; every group named by a model or endpoint exists."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if config.base_url is None and config.backends is None:
+        problems.append((("baseUrl",), "Field required unless backends is given"))
+    elif config.base_url is not None and config.backends is not None:
+        problems.append((("backends",), "give either baseUrl or backends, not both"))
+    groups = config.backend_groups
+    known = ", ".join(sorted(groups)) or "none defined"
+    for name, target in config.model_mapping.items():
+        if isinstance(target, ModelRoute) and target.backends is not None and target.backends not in groups:
+            problems.append(
+                (
+                    ("modelMapping", name, "backends"),
+                    f"no backend group {target.backends!r} in backendGroups ({known})",
+                )
+            )
+    for path, endpoint in config.endpoints.items():
+        if endpoint.backends is not None and endpoint.backends not in groups:
+            problems.append(
+                (
+                    ("endpoints", path, "backends"),
+                    f"no backend group {endpoint.backends!r} in backendGroups ({known})",
+                )
+            )
+    if problems:
+        _raise("Config", problems)
+
+
+def implicit_group(config: Config) -> BackendGroupConfig:
+    """The default group: ``backends`` (or the one ``baseUrl``) with the top-level settings."""
+    backends = config.backends
+    if backends is None:
+        assert config.base_url is not None  # check_backend_references ran first
+        backends = [BackendConfig(url=config.base_url)]
+    return BackendGroupConfig(
+        backends=backends,
+        balancing=config.balancing,
+        retries=config.retries,
+        health_check=config.health_check,
+    )
