@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import report
 from bench.targets import NGINX_HINT, Fleet, Target, nginx_available, raise_fd_limit
-from bench.workloads import ALL, FRESH, FULL, SMOKE, STEADY, Sizes, Upstream, Workloads
+from bench.workloads import ALL, FRESH, FULL, SMOKE, STEADY, Outcome, Sizes, Upstream, Workloads
 
 try:
     import uvloop
@@ -36,7 +36,7 @@ ROUTER_TARGETS = ("direct", "router", "router+features")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="seconds-long correctness run, tiny sizes, no timings")
+    ap.add_argument("--smoke", action="store_true", help="quick correctness run, tiny sizes")
     ap.add_argument("--with-litellm", action="store_true", help="also LiteLLM (installs bench/.litellm-venv)")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out even if installed")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of workloads 1, 2, 3, 6, 7 (default 3)")
@@ -44,6 +44,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workloads", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--hold-sizes", default="5000,10000", help="streams held open in workload 4")
     ap.add_argument("--slow-seconds", type=float, default=FULL.slow_seconds, help="slow reader run length")
+    ap.add_argument("--paced-streams", type=int, default=FULL.paced_streams, help="streams in workload 2")
+    ap.add_argument(
+        "--litellm-scale",
+        type=float,
+        default=FULL.litellm_scale,
+        help="events per stream for LiteLLM in 1 and 2, as a fraction of the others' (default 0.1)",
+    )
+    ap.add_argument(
+        "--litellm-hold", type=int, default=FULL.litellm_hold, help="most streams LiteLLM holds in 4 (1000)"
+    )
     ap.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON goes")
     ap.add_argument("--markdown", type=Path, help="also write the machine line and tables to this file")
     args = ap.parse_args(argv)
@@ -89,14 +99,14 @@ class Bench:
         k = rep % len(names)
         return names[k:] + names[:k]  # rotate, so that no target always runs first
 
-    def record(self, workload: str, target: str, rep: int, outcome: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    def record(self, workload: str, target: str, rep: int, outcome: Outcome) -> None:
         figures, rep_ = outcome
         self.results.add(workload, target, rep, figures, rep_)
         print(f"  {workload:<11} {target:<16} {_summary(workload, figures, rep_)}", flush=True)
 
     def settle(self, upstream: Upstream) -> None:
         if not self.runner.run(upstream.wait_idle(self.sizes.settle_s)):
-            print("  (warning: the upstream still has active streams; the next run may be skewed)", flush=True)
+            print("  (warning: upstream streams still active; the next run may be skewed)", flush=True)
 
     def run(self) -> int:
         wl = self.args.workloads
@@ -144,7 +154,6 @@ class Bench:
         if not self.args.smoke:
             sizes = [int(s) for s in self.args.hold_sizes.split(",") if s.strip()]
         most = (self.nofile - FD_MARGIN) // 2
-        out = []
         for n in sizes:
             if n > most:
                 print(
@@ -152,9 +161,7 @@ class Bench:
                     f"RLIMIT_NOFILE is {self.nofile}: holding {most} instead",
                     flush=True,
                 )
-                n = most
-            out.append(n)
-        return list(dict.fromkeys(out))
+        return list(dict.fromkeys(min(n, most) for n in sizes))
 
     def finish(self) -> int:
         sizes = asdict(self.sizes)
@@ -177,7 +184,7 @@ class Bench:
         if self.args.markdown:
             self.args.markdown.write_text(head + "\n\n" + text + "\n")
         if failed_all:
-            print(f"\n{failed_all} failed requests ({failed_router} through the router or direct); first ones:")
+            print(f"\n{failed_all} failed requests ({failed_router} router or direct); the first ones:")
             for r in self.results.records:
                 for line in r["report"]["first_errors"]:
                     print(f"  {r['workload']} {r['target']}: {line}")
@@ -197,7 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     nofile = raise_fd_limit()
-    sizes = SMOKE if args.smoke else replace(FULL, slow_seconds=args.slow_seconds)
+    sizes = SMOKE
+    if not args.smoke:
+        sizes = replace(
+            FULL,
+            slow_seconds=args.slow_seconds,
+            paced_streams=args.paced_streams,
+            litellm_scale=args.litellm_scale,
+            litellm_hold=args.litellm_hold,
+        )
     bench = Bench(args, sizes, nofile)
     try:
         return bench.run()

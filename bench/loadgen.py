@@ -10,6 +10,7 @@ between token events, abort times, and samples CPU and RSS of a process tree fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -73,7 +74,8 @@ def request_bytes(spec: LoadSpec, req_id: str) -> bytes:
     s = spec.shape
     mock = {"tokens": s.tokens, "interval_ms": s.interval_ms, "payload": s.payload, "req_id": req_id}
     text = "Say hello. MOCK" + json.dumps(mock, separators=(",", ":"))
-    body = {"model": spec.model, "stream": True, "messages": [{"role": "user", "content": text}], "mock": mock}
+    messages = [{"role": "user", "content": text}]
+    body = {"model": spec.model, "stream": True, "messages": messages, "mock": mock}
     raw = json.dumps(body, separators=(",", ":")).encode()
     head = (
         f"POST {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\nContent-Type: application/json\r\n"
@@ -271,7 +273,7 @@ class SSEConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     # --- driving
-    async def request(self, req: Req, payload: bytes, timeout: float) -> None:
+    async def request(self, req: Req, payload: bytes, limit_s: float) -> None:
         assert self.transport is not None
         self.req = req
         self.done = asyncio.get_running_loop().create_future()
@@ -279,9 +281,9 @@ class SSEConnection(asyncio.Protocol):
         req.t_write = time.monotonic()
         self.transport.write(payload)
         try:
-            await asyncio.wait_for(asyncio.shield(self.done), timeout)
+            await asyncio.wait_for(asyncio.shield(self.done), limit_s)
         except TimeoutError:
-            self._finish("timeout", f"no end after {timeout:.0f} s, {req.tokens} tokens")
+            self._finish("timeout", f"no end after {limit_s:.0f} s, {req.tokens} tokens")
             self.close()
 
     def stop(self, outcome: str = "cut") -> None:
@@ -367,7 +369,8 @@ def ms_summary(values: Any) -> dict[str, float | None]:
     def r(v: float | None) -> float | None:
         return None if v is None else round(v * 1000, 3)
 
-    return {"p50": r(pct(values, 50)), "p99": r(pct(values, 99)), "max": r(max(values) if len(values) else None)}
+    top = max(values) if len(values) else None
+    return {"p50": r(pct(values, 50)), "p99": r(pct(values, 99)), "max": r(top)}
 
 
 async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: float = 0.2) -> dict[str, Any]:
@@ -403,10 +406,8 @@ async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: floa
 
         window = tg.create_task(watch_window())
         if spec.hold_s:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.all_started.wait(), max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
             hold["established"] = run.started
             hold["established_s"] = round(time.monotonic() - t0, 2)
             await asyncio.sleep(min(1.0, spec.hold_s))
@@ -492,7 +493,7 @@ def _report(
     return out
 
 
-async def http_json(host: str, port: int, method: str, path: str, timeout: float = 30.0) -> Any:
+async def http_json(host: str, port: int, method: str, path: str, limit_s: float = 30.0) -> Any:
     """A tiny HTTP/1.1 client for the mock's control endpoints (Connection: close)."""
 
     async def go() -> Any:
@@ -511,4 +512,4 @@ async def http_json(host: str, port: int, method: str, path: str, timeout: float
             raise RuntimeError(f"{method} {path}: HTTP {status}: {body[:200]!r}")
         return json.loads(body)
 
-    return await asyncio.wait_for(go(), timeout)
+    return await asyncio.wait_for(go(), limit_s)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.targets import LITELLM_VENV, NGINX_BIN
+from bench.targets import LITELLM_VENV, NGINX_BIN, nginx_available
 
 TARGET_ORDER = ("direct", "router", "router+features", "nginx", "litellm")
 RATIO, MINUS_DIRECT = "ratio", "minus_direct"
@@ -59,11 +59,13 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
 }
 COLUMNS["features"] = COLUMNS["chunk"]
 TITLES = {
-    "chunk": "1. per-event cost: {chunk_streams} streams × {chunk_events} events, {chunk_payload}-byte payloads",
+    "chunk": "1. per-event cost: {chunk_streams} streams x {chunk_events} events, "
+    "{chunk_payload}-byte payloads, as fast as possible",
     "paced": "2. realistic pacing: {paced_streams} streams, one event every {paced_interval_ms:g} ms",
     "ttft": "3. TTFT: {ttft_requests} sequential streaming requests (keep-alive)",
     "hold": "4. memory: {n} streams held open, one event every {hold_interval_ms:g} ms (fresh proxy)",
-    "slow": "5. slow reader: a {slow_mb} MB stream read at {slow_mbps} MB/s for {slow_seconds:g} s (fresh proxy)",
+    "slow": "5. slow reader: a {slow_mb} MB stream read at {slow_mbps:g} MB/s for {slow_seconds:g} s "
+    "(fresh proxy)",
     "disconnect": "6. disconnect: {disconnect_streams} streams closed after {disconnect_after} events",
     "features": "7. per-event cost, router with every feature on (ratio to nginx's run of 1.)",
 }
@@ -76,7 +78,9 @@ class Results:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
 
-    def add(self, workload: str, target: str, rep: int, figures: dict[str, Any], report: dict[str, Any]) -> None:
+    def add(
+        self, workload: str, target: str, rep: int, figures: dict[str, Any], report: dict[str, Any]
+    ) -> None:
         self.records.append(
             {"workload": workload, "target": target, "rep": rep, "figures": figures, "report": report}
         )
@@ -89,18 +93,17 @@ class Results:
         return [t for t in TARGET_ORDER if t in found]
 
     def median(self, workload: str, target: str, key: str) -> float | None:
-        values = [
-            r["figures"].get(key)
-            for r in self.records
-            if r["workload"] == workload and r["target"] == target and r["figures"].get(key) is not None
-        ]
+        values = [r["figures"][key] for r in self._of(workload, target) if r["figures"].get(key) is not None]
         return statistics.median(values) if values else None
 
     def failed(self, workload: str, target: str) -> int:
-        return sum(r["report"]["failed"] for r in self.records if r["workload"] == workload and r["target"] == target)
+        return sum(r["report"]["failed"] for r in self._of(workload, target))
 
     def reps(self, workload: str, target: str) -> int:
-        return sum(1 for r in self.records if r["workload"] == workload and r["target"] == target)
+        return len(self._of(workload, target))
+
+    def _of(self, workload: str, target: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["workload"] == workload and r["target"] == target]
 
     def total_failed(self, targets: tuple[str, ...] | None = None) -> int:
         return sum(r["report"]["failed"] for r in self.records if targets is None or r["target"] in targets)
@@ -137,12 +140,13 @@ def table(res: Results, workload: str, title: str) -> str:
             value = res.median(workload, target, key)
             if how == MINUS_DIRECT:
                 direct = res.median(base, "direct", key)
-                row.append("—" if target == "direct" else fmt(None if direct is None else _diff(value, direct)))
+                diff = None if direct is None else _diff(value, direct)
+                row.append("—" if target == "direct" else fmt(diff))
             else:
                 row.append(fmt(value))
             if how == RATIO:
                 r = _ratio(value, res.median(base, "nginx", key))
-                row.append("—" if r is None else f"{r:.2f}×")
+                row.append("—" if r is None else f"{r:.2f}x")
         row += [str(res.reps(workload, target)), str(res.failed(workload, target))]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -164,22 +168,24 @@ def checks(res: Results) -> list[Check]:
     m = res.median
     out: list[Check] = []
 
-    def add(name: str, value: float | None, target: str, test: Callable[[float], bool], unit: str = "") -> None:
+    def add(
+        name: str, value: float | None, target: str, test: Callable[[float], bool], unit: str = ""
+    ) -> None:
         out.append(Check(name, fmt(value, unit), target, None if value is None else test(value)))
 
     add(
         "CPU/event, features on ÷ nginx",
         _ratio(m("features", "router+features", "cpu_us_per_event"), m("chunk", "nginx", "cpu_us_per_event")),
-        "≤ 1.0×",
+        "≤ 1.0x",
         lambda v: v <= 1.0,
-        "×",
+        "x",
     )
     add(
         "CPU/event, LiteLLM ÷ router",
         _ratio(m("chunk", "litellm", "cpu_us_per_event"), m("chunk", "router", "cpu_us_per_event")),
-        "≥ 10×",
+        "≥ 10x",
         lambda v: v >= 10,
-        "×",
+        "x",
     )
     direct50, direct99 = m("ttft", "direct", "ttft_p50_ms"), m("ttft", "direct", "ttft_p99_ms")
     router50, router99 = m("ttft", "router", "ttft_p50_ms"), m("ttft", "router", "ttft_p99_ms")
@@ -188,22 +194,24 @@ def checks(res: Results) -> list[Check]:
     allowed = None if nginx50 is None or direct50 is None else nginx50 - direct50 + 0.05
     out.append(
         Check(
-            "TTFT overhead p50 (router − direct)",
+            "TTFT overhead p50 (router - direct)",
             fmt(over50, " ms"),
             "≤ nginx's + 0.05 ms" + ("" if allowed is None else f" = {fmt(allowed, ' ms')}"),
             None if over50 is None or allowed is None else over50 <= allowed,
         )
     )
     over99 = None if router99 is None or direct99 is None else router99 - direct99
-    add("TTFT overhead p99 (router − direct)", over99, "≤ 0.5 ms", lambda v: v <= 0.5, " ms")
+    add("TTFT overhead p99 (router - direct)", over99, "≤ 0.5 ms", lambda v: v <= 0.5, " ms")
     for workload in res.workloads():
         if workload.startswith("hold"):
             n = m(workload, "router", "streams")
             label = f"RSS per stream, {workload[4:]} held" + ("" if n is None else f" ({n:.0f} open)")
             add(label, m(workload, "router", "kb_per_stream"), "≤ 6 KB", lambda v: v <= 6, " KB")
-    add("RSS growth, slow reader", m("slow", "router", "rss_growth_kb"), "≤ 1024 KB", lambda v: v <= 1024, " KB")
+    growth = m("slow", "router", "rss_growth_kb")
+    add("RSS growth, slow reader", growth, "≤ 1024 KB", lambda v: v <= 1024, " KB")
     add("upstream paused, slow reader", m("slow", "router", "upstream_pauses"), "> 0", lambda v: v > 0)
-    add("abort → upstream closed p99", m("disconnect", "router", "close_p99_ms"), "≤ 20 ms", lambda v: v <= 20, " ms")
+    close99 = m("disconnect", "router", "close_p99_ms")
+    add("abort → upstream closed p99", close99, "≤ 20 ms", lambda v: v <= 20, " ms")
     return out
 
 
@@ -256,7 +264,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "nginx": _run([NGINX_BIN, "-v"]).replace("nginx version: ", "") if os.access(NGINX_BIN, os.X_OK) else None,
+        "nginx": _run([NGINX_BIN, "-v"]).replace("nginx version: ", "") if nginx_available() else None,
         "litellm": _run([str(lite), "-c", "import importlib.metadata as m; print(m.version('litellm'))"])
         if lite.exists()
         else None,
@@ -266,7 +274,8 @@ def machine() -> dict[str, Any]:
 
 def machine_line(info: dict[str, Any]) -> str:
     return (
-        f"{info['date']}: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}"
+        f"{info['date']}: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, "
+        f"Python {info['python']}"
         + (f", nginx {info['nginx']}" if info.get("nginx") else "")
         + (f", LiteLLM {info['litellm']}" if info.get("litellm") else "")
     )

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -101,7 +100,8 @@ class Service:
         deadline = time.monotonic() + timeout
         while not ready():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {what}:\n{self.tail()}")
+                code = self.proc.returncode
+                raise RuntimeError(f"{self.name} exited ({code}) before {what}:\n{self.tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name}: no {what} after {timeout:.0f} s:\n{self.tail()}")
             time.sleep(0.02)
@@ -118,13 +118,15 @@ class Service:
         self.wait_for(ready, timeout, f"line /{pattern}/")
         return found[0]
 
-    def wait_for_port(self, port: int, timeout: float = READY_TIMEOUT_S, http_path: str | None = None) -> None:
+    def wait_for_port(
+        self, port: int, timeout: float = READY_TIMEOUT_S, http_path: str | None = None
+    ) -> None:
         def ready() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
                     if http_path is None:
                         return True
-                    s.sendall(f"GET {http_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                    s.sendall(f"GET {http_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
                     return s.recv(64).startswith(b"HTTP/1.1 200")
             except OSError:
                 time.sleep(0.2)
@@ -305,4 +307,4 @@ class Fleet:
 
 
 def nginx_available() -> bool:
-    return os.access(NGINX_BIN, os.X_OK) or shutil.which("nginx") == NGINX_BIN
+    return os.access(NGINX_BIN, os.X_OK)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from bench.loadgen import LoadSpec, Shape, http_json, pct, run_load
@@ -44,6 +44,8 @@ class Sizes:
     disconnect_interval_ms: float = 50.0
     settle_s: float = 15.0  # how long the upstream may take to see every stream end
     timeout_s: float = 180.0  # bound for any one run
+    litellm_scale: float = 0.1  # LiteLLM forwards ~1000 events/s here: fewer events per stream in 1, 2
+    litellm_hold: int = 1000  # ... and it needs ~20 ms of CPU to start a stream: fewer held in 4
 
 
 FULL = Sizes()
@@ -83,9 +85,9 @@ class Upstream:
     async def reset(self) -> None:
         await http_json(self.host, self.port, "POST", "/_reset")
 
-    async def wait_idle(self, timeout: float) -> bool:
+    async def wait_idle(self, limit_s: float) -> bool:
         """Until no stream is active upstream (a proxy may still be draining the last run)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while True:
             if (await self.stats(streams=False))["active_streams"] == 0:
                 return True
@@ -93,9 +95,9 @@ class Upstream:
                 return False
             await asyncio.sleep(0.1)
 
-    async def streams_of(self, run_id: str, want: int, timeout: float) -> dict[str, dict[str, Any]]:
-        """This run's stream records by req_id, once ``want`` of them have ended (or timeout)."""
-        deadline = time.monotonic() + timeout
+    async def streams_of(self, run_id: str, want: int, limit_s: float) -> dict[str, dict[str, Any]]:
+        """This run's stream records by req_id, once ``want`` of them have ended (or after limit_s)."""
+        deadline = time.monotonic() + limit_s
         while True:
             mine = {
                 s["req_id"]: s
@@ -116,19 +118,22 @@ class Workloads:
         self.upstream = upstream
         self._runs = 0
 
+    def _events(self, target: Target, events: int) -> int:
+        scale = self.sizes.litellm_scale if target.name == "litellm" else 1.0
+        return max(1, round(events * scale))
+
     def _spec(self, target: Target, shape: Shape, **kw: Any) -> LoadSpec:
         self._runs += 1
         run_id = f"b{int(time.time()) % 100000}r{self._runs}"
-        return LoadSpec(
-            target.host, target.port, shape, run_id, api_key=target.api_key, duration_s=self.sizes.timeout_s, **kw
-        )
+        kw.setdefault("duration_s", self.sizes.timeout_s)
+        return LoadSpec(target.host, target.port, shape, run_id, api_key=target.api_key, **kw)
 
     async def _load(self, target: Target, spec: LoadSpec) -> dict[str, Any]:
         await self.upstream.reset()
         pids = [target.pid] if target.pid is not None else None
         return await run_load(spec, pids)
 
-    def get(self, name: str) -> Callable[[Target], Awaitable[Outcome]]:
+    def get(self, name: str) -> Callable[[Target], Coroutine[Any, Any, Outcome]]:
         return {
             "chunk": self.chunk,
             "features": self.chunk,
@@ -141,7 +146,7 @@ class Workloads:
     async def chunk(self, target: Target) -> Outcome:
         """1 and 7: 100 streams x 1000 events as fast as possible: proxy CPU per event."""
         z = self.sizes
-        shape = Shape(z.chunk_events, 0.0, z.chunk_payload)
+        shape = Shape(self._events(target, z.chunk_events), 0.0, z.chunk_payload)
         report = await self._load(target, self._spec(target, shape, streams=z.chunk_streams))
         proc = report.get("proc", {})
         return {
@@ -153,7 +158,7 @@ class Workloads:
     async def paced(self, target: Target) -> Outcome:
         """2: 1000 streams, one event every 20 ms: CPU % and inter-event gaps."""
         z = self.sizes
-        shape = Shape(z.paced_events, z.paced_interval_ms, z.paced_payload)
+        shape = Shape(self._events(target, z.paced_events), z.paced_interval_ms, z.paced_payload)
         report = await self._load(target, self._spec(target, shape, streams=z.paced_streams))
         proc = report.get("proc", {})
         return {
@@ -199,6 +204,8 @@ class Workloads:
     async def hold(self, target: Target, streams: int) -> Outcome:
         """4: N streams held open, one event every 2 s: RSS per stream (start the proxy fresh)."""
         z = self.sizes
+        if target.name == "litellm":
+            streams = min(streams, z.litellm_hold)
         tokens = int((z.timeout_s + z.hold_s) * 1000 / z.hold_interval_ms) + 10
         spec = self._spec(target, Shape(tokens, z.hold_interval_ms, 16), streams=streams, hold_s=z.hold_s)
         report = await self._load(target, spec)
@@ -218,8 +225,7 @@ class Workloads:
         """5: one ~200 MB stream read at 2 MB/s: does the proxy buffer it (RSS) or push back?"""
         z = self.sizes
         shape = Shape(max(1, z.slow_bytes // z.slow_payload), 0.0, z.slow_payload)
-        spec = self._spec(target, shape, slow_bps=z.slow_bps, cut_at_deadline=True)
-        spec = replace(spec, duration_s=z.slow_seconds)
+        spec = self._spec(target, shape, slow_bps=z.slow_bps, cut_at_deadline=True, duration_s=z.slow_seconds)
         report = await self._load(target, spec)
         mine = await self.upstream.streams_of(spec.run_id, 0, 0)
         rec = next(iter(mine.values()), {})

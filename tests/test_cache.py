@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import select
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, decode, encode
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
 HEADERS = [(b"content-type", b"application/json"), (b"x-request-id", b"")]
 
@@ -157,47 +155,12 @@ def test_memory_rejects_bad_settings(kwargs: dict[str, float]) -> None:
 # --- redis -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
+    if REDIS_SERVER is None:
         pytest.skip("redis-server is not on PATH")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    try:
-        deadline = time.monotonic() + 10
-        output = b""
-        while b"Ready to accept connections" not in output:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or proc.poll() is not None:
-                pytest.fail(f"redis-server did not start: {output.decode(errors='replace')}")
-            readable, _, _ = select.select([proc.stdout], [], [], remaining)
-            if readable:
-                output += proc.stdout.read1(4096)  # type: ignore[attr-defined]
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-            sock.sendall(b"PING\r\n")
-            assert sock.recv(64) == b"+PONG\r\n"
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+    with RedisServer() as server:
+        yield server.url
 
 
 def test_redis_instances_share_entries(redis_url: str) -> None:

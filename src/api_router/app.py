@@ -9,11 +9,16 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from api_router import __version__, logs
+from api_router.backends import BackendSet, circuit_value
+from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
 from api_router.config import Config, ConfigError
+from api_router.config_backends import CacheConfig
+from api_router.core.cache_key import cacheable
 from api_router.core.http import HeaderList, header_value
 from api_router.errors import ApiFlavor, GatewayError, UpstreamTimeout
 from api_router.metrics import Metrics
-from api_router.net.upstream import UpstreamPool, make_ssl_context
+from api_router.net.tasks import spawn
+from api_router.net.upstream import UpstreamPool, fetch, make_ssl_context
 from api_router.routing import LOCAL_ROUTES, Route, Router
 
 if TYPE_CHECKING:
@@ -43,14 +48,28 @@ class App:
         self._reload = reload
         self._pinned = dict(pinned or {})
         self._all_closed: asyncio.Event | None = None
+        self.cache: ResponseCache | None = None
+        self._cache_config: CacheConfig | None = None
         self.apply(config)
 
     def apply(self, config: Config) -> None:
         """Make ``config`` the one new requests use; exchanges in flight keep their Router."""
         self.config = config
         self.router = Router(config)
+        old = getattr(self, "backends", None)
+        if old is not None:
+            old.stop()
+        self.backends = BackendSet(config)
+        self.backends.start_health_checks(self.pool)
+        if self.cache is None or self._cache_config != config.cache:
+            self.cache = make_cache(config.cache)
+            self._cache_config = config.cache
         tls = config.upstream_tls
-        https = self.router.origin.scheme == "https"
+        https = any(
+            target.origin.scheme == "https"
+            for group in self.backends.all_groups()
+            for target in group.targets.values()
+        )
         self.pool.configure(
             ssl_context=make_ssl_context(tls.verify, tls.ca_file) if https else None,
             connect_timeout=config.timeouts.connect_secs,
@@ -91,6 +110,7 @@ class App:
                 logs.log.warning("drain timeout: ending %d streams still open", len(self.connections))
         for protocol in list(self.connections):
             protocol.shut_down()
+        self.backends.stop()
         self.pool.close_all()
 
     def connection_opened(self, protocol: DownstreamProtocol) -> None:
@@ -101,6 +121,31 @@ class App:
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
+    def cacheable(self, body: dict[str, Any]) -> bool:
+        return cacheable(body, allow_sampling=self.config.cache.cache_sampled)
+
+    def cache_store(self, key: str, status: int, headers: HeaderList, body: bytes) -> None:
+        """Keep a complete 200 response; the request id and cache status are per response."""
+        if self.cache is None:
+            return
+        kept = [(n, v) for n, v in headers if n not in (b"x-request-id", b"x-cache")]
+        response = CachedResponse(status, kept, body)
+        if isinstance(self.cache, MemoryCache):
+            self.cache.put_now(key, response)
+        else:
+            spawn(self.cache.put(key, response))
+
+    def render_metrics(self) -> tuple[bytes, bytes]:
+        for group in self.backends.all_groups():
+            for backend in group.backends:
+                state = circuit_value(backend.breaker.state)
+                self.metrics.set_backend_state(backend.name, backend.in_flight, backend.healthy, state)
+        return self.metrics.render()
+
+    def cache_stats_body(self) -> bytes:
+        stats = self.cache.stats() if self.cache is not None else {"enabled": False}
+        return json.dumps(stats).encode()
+
     def access_log(self, forwarder: Forwarder, outcome: str) -> None:
         logs.access_line(forwarder, outcome)
 
@@ -110,7 +155,9 @@ class App:
                 "status": "draining" if self.draining else "ok",
                 "version": __version__,
                 "uptime_s": round(time.time() - self.started_at, 1),
-                "upstream": str(self.router.origin),
+                "upstream": self.backends.describe(),
+                "backends": self.backends.snapshot(),
+                "cache": self.cache.stats() if self.cache is not None else None,
                 "config": self.config.source,
                 "connections": len(self.connections),
                 "streams_active": self.metrics.active_streams,
@@ -126,10 +173,16 @@ class App:
         self, route: Route, headers: HeaderList, request_id: bytes, peer: str | None
     ) -> tuple[int, bytes, bytes]:
         """The upstream's model list; the modelMapping names when the upstream has none."""
-        head = self.router.upstream_head(route, headers, b"", 0, request_id, peer, False)
+        group = self.backends.group(route.backend_group)
+        backend = group.pick(self.loop.time(), [])
         try:
+            if backend is None:
+                raise group.unavailable()
+            target = group.targets[backend.name]
+            head = self.router.upstream_head(route, target, headers, b"", 0, request_id, peer, False)
             async with asyncio.timeout(self.config.timeouts.connect_secs + 10):
-                status, content_type, body = await _fetch(self.pool, self.router, head, route.buffer_size)
+                status, response_headers, body = await fetch(self.pool, target.origin, head)
+            content_type = header_value(response_headers, b"content-type") or b""
             if status == 200:
                 return status, content_type, body
             error: GatewayError | None = None
@@ -146,49 +199,9 @@ class App:
         return status, content_type or b"application/json", body
 
 
-class _Collect:
-    """A ResponseListener that keeps a small whole response (the model list)."""
-
-    def __init__(self, future: asyncio.Future[tuple[int, bytes, bytes]]) -> None:
-        self.future = future
-        self.status = 0
-        self.content_type = b""
-        self.body = bytearray()
-
-    def upstream_head(self, status: int, headers: HeaderList) -> None:
-        self.status = status
-        self.content_type = header_value(headers, b"content-type") or b""
-
-    def upstream_body(self, data: bytes) -> None:
-        self.body += data
-        if len(self.body) > _MODELS_LIMIT and not self.future.done():
-            self.future.set_exception(GatewayError("upstream model list too large"))
-
-    def upstream_done(self, keep_alive: bool) -> None:
-        if not self.future.done():
-            self.future.set_result((self.status, self.content_type, bytes(self.body)))
-
-    def upstream_lost(self, exc: BaseException | None) -> None:
-        if not self.future.done():
-            self.future.set_exception(
-                exc if isinstance(exc, GatewayError) else GatewayError("upstream closed")
-            )
-
-    def upstream_writable(self, writable: bool) -> None:
-        pass
-
-
-async def _fetch(
-    pool: UpstreamPool, router: Router, head: bytes, buffer_size: int
-) -> tuple[int, bytes, bytes]:
-    conn, _ = await pool.acquire(router.origin)
-    future: asyncio.Future[tuple[int, bytes, bytes]] = asyncio.get_running_loop().create_future()
-    conn.bind(_Collect(future), buffer_size)
-    conn.write(head)
-    try:
-        result = await future
-    except BaseException:
-        conn.close()
-        raise
-    pool.release(conn)
-    return result
+def make_cache(config: CacheConfig) -> ResponseCache | None:
+    if not config.enabled:
+        return None
+    if config.redis:
+        return RedisCache(config.redis, config.ttl_secs)
+    return MemoryCache(config.max_bytes, config.ttl_secs)

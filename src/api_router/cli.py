@@ -68,7 +68,7 @@ def load_config(source: ConfigSource, overrides: Mapping[str, Any]) -> cfg.Confi
 
 def wants_mock(source: ConfigSource, config: cfg.Config) -> bool:
     """The mock preset, or any config whose baseUrl port is 0 (a placeholder for the mock)."""
-    return source.preset == "mock" or urlsplit(config.base_url).port == 0
+    return source.preset == "mock" or (config.base_url is not None and urlsplit(config.base_url).port == 0)
 
 
 def _positive_int(text: str) -> int:
@@ -159,7 +159,11 @@ def _check_config(args: argparse.Namespace) -> int:
     except cfg.ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.path}: ok ({len(config.endpoints)} endpoints, baseUrl {config.base_url})")
+    if config.base_url:
+        upstream = f"baseUrl {config.base_url}"
+    else:
+        upstream = "backends " + ", ".join(b.url for b in config.default_group().backends)
+    print(f"{args.path}: ok ({len(config.endpoints)} endpoints, {upstream})")
     return 0
 
 

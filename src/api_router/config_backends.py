@@ -19,10 +19,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PlainValidator,
     PrivateAttr,
     SecretStr,
     ValidationError,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -182,7 +182,7 @@ class ModelRoute(_Model):
     backends: str | None = None  # a backendGroups name; null = the endpoint's or the default group
 
 
-def _model_target(value: Any) -> str | ModelRoute:
+def _model_target(value: Any, _handler: Any) -> str | ModelRoute:
     if isinstance(value, str | ModelRoute):
         return value
     if isinstance(value, Mapping):
@@ -192,8 +192,9 @@ def _model_target(value: Any) -> str | ModelRoute:
     )
 
 
-# A plain validator keeps errors at ``modelMapping.<name>.<field>`` instead of one per union arm.
-ModelTarget = Annotated[str | ModelRoute, PlainValidator(_model_target)]
+# Validating by hand keeps errors at ``modelMapping.<name>.<field>`` instead of one per union arm;
+# a wrap (not plain) validator keeps the union's serializer, so dumps round-trip.
+ModelTarget = Annotated[str | ModelRoute, WrapValidator(_model_target)]
 
 
 class CacheConfig(_Model):

@@ -25,11 +25,11 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from api_router.config import Config, ConfigError, RateLimitConfig
 from api_router.core.token_bucket import TokenBucket
-from api_router.errors import GatewayError
+from api_router.errors import GatewayError, ServiceUnavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -63,12 +63,6 @@ class RateLimited(GatewayError):
     code = "rate_limit_exceeded"
 
 
-class ServiceUnavailable(GatewayError):
-    status = 503
-    type = "server_error"
-    code = "rate_limiter_unavailable"
-
-
 @dataclass(frozen=True, slots=True)
 class Limit:
     """A resolved limit: ``burst`` requests at once, refilled at ``requests_per_minute``."""
@@ -89,10 +83,13 @@ class Limit:
         return self.requests_per_minute == 0
 
 
+Reason = Literal["ok", "rate", "concurrency", "backend_error_open", "backend_error_closed"]
+
+
 class Decision(NamedTuple):
     allowed: bool
     retry_after: float  # seconds; 0.0 when allowed
-    reason: str  # "ok" | "rate" | "concurrency" | "backend_error_open" | "backend_error_closed"
+    reason: Reason
 
 
 ALLOWED = Decision(True, 0.0, "ok")
@@ -123,7 +120,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int | None:
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise ConfigError(f"${name}", [("", f"must be a whole number >= 0, got {raw!r}")])
     return int(raw)
 
@@ -134,7 +131,7 @@ def resolve_limit(config: Config, route_path: str, env: Mapping[str, str] | None
     ``requestsPerMinute`` comes from the most specific place that sets it: the endpoint, the
     global ``rateLimit``, the environment. ``burst`` comes from that same place or a more
     specific one (a burst belongs with its rate); otherwise, or if 0, it is ``max(1, rpm)``:
-    a minute's worth of requests at once, which is what the original router allowed.
+    a minute's worth of requests at once.
     """
     environ = os.environ if env is None else env
     endpoint = config.endpoints.get(route_path)
@@ -158,7 +155,9 @@ def decision_error(decision: Decision) -> GatewayError:
     retry_after = str(max(1, math.ceil(decision.retry_after)))
     if decision.reason == "backend_error_closed":
         return ServiceUnavailable(
-            "rate limiter unavailable; try again shortly", headers=(("Retry-After", retry_after),)
+            "rate limiter unavailable; try again shortly",
+            code="rate_limiter_unavailable",
+            headers=(("Retry-After", retry_after),),
         )
     what = "concurrent streams" if decision.reason == "concurrency" else "requests"
     return RateLimited(
@@ -272,16 +271,16 @@ local ttl = math.ceil((new_tat - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
 return {1, 0, ttl}
 """
-_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts so
 
 
 def _driver_info() -> dict[str, Any]:
-    """redis-py >= 7.1 reads its version from package metadata for every new connection
+    """redis-py 8 reads its own version from package metadata for every new connection
     (measured: 2.5 ms each, so a burst of 30 cold checks overran a 50 ms timeout). Give it once."""
     try:
-        import redis
-        from redis.driver_info import DriverInfo
-    except ImportError:  # older redis-py computes it once at import
+        import redis  # noqa: PLC0415 - optional dependency, needed only when configured
+        from redis.driver_info import DriverInfo  # noqa: PLC0415
+    except ImportError:  # an older redis-py without DriverInfo: leave its default
         return {}
     return {"driver_info": DriverInfo(lib_version=redis.__version__)}
 
@@ -305,10 +304,14 @@ class RedisLimiter:
         key_prefix: str = "api-router:rl:",
         max_connections: int = 64,
     ) -> None:
-        from redis.asyncio import BlockingConnectionPool, Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415 - optional dependency
+        from redis.asyncio.retry import Retry  # noqa: PLC0415
+        from redis.backoff import NoBackoff  # noqa: PLC0415
+        from redis.exceptions import NoScriptError, RedisError  # noqa: PLC0415
 
+        self._no_script = NoScriptError
+        # Everything that means "Redis gave no usable answer"; anything else is a bug and raises.
+        self._failures: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
         self.fail_open = fail_open
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -352,7 +355,7 @@ class RedisLimiter:
         try:
             async with asyncio.timeout(self.timeout):
                 allowed, retry_us, ttl_ms = await self._run(bucket_key, args)
-        except Exception as exc:  # RedisError, TimeoutError, OSError: all mean "no answer"
+        except self._failures as exc:
             self._down_until = time.monotonic() + self.retry_interval
             log.warning("rate limiter: Redis failed (%s); failing %s", type(exc).__name__, self._mode)
             return self._backend_error(self.retry_interval)
@@ -363,11 +366,9 @@ class RedisLimiter:
     admit = check
 
     async def _run(self, bucket_key: str, args: tuple[float, int, float]) -> list[int]:
-        from redis.exceptions import NoScriptError
-
         try:
             return await self._redis.evalsha(_SCRIPT_SHA, 1, bucket_key, *args)  # type: ignore[no-any-return]
-        except NoScriptError:  # first use, or SCRIPT FLUSH / a restart / a failover since
+        except self._no_script:  # first use, or SCRIPT FLUSH / a restart / a failover since
             await self._redis.script_load(_SCRIPT)
             self.script_loads += 1
             return await self._redis.evalsha(_SCRIPT_SHA, 1, bucket_key, *args)  # type: ignore[no-any-return]

@@ -63,6 +63,46 @@ class Metrics:
             registry=r,
         )
 
+        self.failovers = Counter("backend_failovers", "Requests retried on another backend", registry=r)
+        self.backend_requests = Counter(
+            "backend_requests", "Exchanges per backend, by outcome", ["backend", "outcome"], registry=r
+        )
+        self.backend_latency = Histogram(
+            "backend_request_duration_seconds",
+            "Exchange duration per backend",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        mode = {"multiprocess_mode": "livesum"}
+        self.backend_in_flight = Gauge(
+            "backend_in_flight", "Exchanges in flight", ["backend"], registry=r, **mode
+        )
+        self.backend_healthy = Gauge(
+            "backend_healthy",
+            "1 if the last health check passed",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.backend_circuit = Gauge(
+            "backend_circuit_state",
+            "0 closed, 1 half-open, 2 open",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+    def backend_result(self, backend: str, success: bool | None, seconds: float) -> None:
+        outcome = "ok" if success else ("error" if success is False else "abandoned")
+        self.backend_requests.labels(backend, outcome).inc()
+        self.backend_latency.labels(backend).observe(seconds)
+
+    def set_backend_state(self, backend: str, in_flight: int, healthy: bool, circuit: int) -> None:
+        self.backend_in_flight.labels(backend).set(in_flight)
+        self.backend_healthy.labels(backend).set(1 if healthy else 0)
+        self.backend_circuit.labels(backend).set(circuit)
+
     def stream_started(self, route: str) -> None:
         self.active_streams += 1
         self.streaming_active.inc()

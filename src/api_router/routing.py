@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from api_router.config import Config, EndpointConfig
@@ -24,6 +24,7 @@ class RouteKind(enum.Enum):
     MODELS = "models"  # upstream's list, or the modelMapping keys when it has none
     HEALTH = "health"
     METRICS = "metrics"
+    CACHE_STATS = "cache_stats"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,11 @@ BUILTIN_ROUTES: dict[str, _Builtin] = {
     "/v1/messages": _Builtin("POST", RouteKind.JSON, True, ApiFlavor.ANTHROPIC),
     "/v1/models": _Builtin("GET", RouteKind.MODELS, False),
 }
-LOCAL_ROUTES = {"/health": RouteKind.HEALTH, "/metrics": RouteKind.METRICS}
+LOCAL_ROUTES = {
+    "/health": RouteKind.HEALTH,
+    "/metrics": RouteKind.METRICS,
+    "/cache/stats": RouteKind.CACHE_STATS,
+}
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Headers the router sets itself for the upstream; a client's copy is dropped.
 _ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept-encoding", b"expect"})
@@ -89,6 +94,25 @@ class Route:
     heartbeat_interval: float
     headers: HeaderList  # config headers: global, then the endpoint's, lower-cased names
     flavor: ApiFlavor
+    backend_group: str | None  # the endpoint's backendGroups name; None = the default group
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One backend as the wire sees it: where, and with which extra headers and key."""
+
+    name: str
+    origin: Origin
+    headers: HeaderList
+    api_key: str | None
+
+
+class PreparedJson(NamedTuple):
+    raw: bytes  # the body to send
+    body: dict[str, Any]  # parsed, after mapping
+    stream: bool
+    model: str | None  # as the client named it
+    group: str | None  # the model's backend group, if the mapping names one
 
 
 class Router:
@@ -96,8 +120,7 @@ class Router:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.origin = parse_origin(config.base_url)
-        self._api_key = config.api_key()
+        self.api_key = config.api_key()
         self._routes: dict[str, Route] = {}
         for path, builtin in BUILTIN_ROUTES.items():
             self._routes[path] = self._build(path, builtin, config.endpoints.get(path))
@@ -121,20 +144,19 @@ class Router:
                 stream_support = endpoint.stream_support
             upstream_path = endpoint.upstream_path or path
             upstream_method = endpoint.method or builtin.method
-            overrides = _lower(endpoint.headers)
-            names = {name for name, _ in overrides}
-            headers = [(n, v) for n, v in headers if n not in names] + overrides
+            headers = _overlay(headers, _lower(endpoint.headers))
         return Route(
             path=path,
             kind=kind,
             method=builtin.method,
             upstream_method=upstream_method.encode(),
-            upstream_path=(self.origin.base_path + upstream_path).encode(),
+            upstream_path=upstream_path.encode(),
             stream_support=stream_support,
             buffer_size=stream_config.buffer_size,
             heartbeat_interval=stream_config.heartbeat_interval_secs,
             headers=headers,
             flavor=builtin.flavor,
+            backend_group=endpoint.backends if endpoint is not None else None,
         )
 
     def match(self, method: str, path: str) -> Route | RouteKind:
@@ -158,6 +180,7 @@ class Router:
     def upstream_head(
         self,
         route: Route,
+        target: Target,
         client_headers: HeaderList,
         query: bytes,
         body_length: int | None,
@@ -169,19 +192,21 @@ class Router:
         headers = end_to_end(client_headers, _ROUTER_OWNED)
         has_content_type = any(name == b"content-type" for name, _ in headers)
         client_auth = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
-        configured = {name for name, _ in route.headers}
+        own = _overlay(route.headers, target.headers)
+        configured = {name for name, _ in own}
         # Config headers override the client's, but never the client's credentials or body type.
         keep = {b"content-type"} if has_content_type else set()
         if client_auth:
             keep |= {b"authorization", b"x-api-key"}
         headers = [(n, v) for n, v in headers if n not in configured or n in keep]
-        headers += [(n, v) for n, v in route.headers if n not in keep]
-        if not client_auth and self._api_key and not any(n == b"authorization" for n, _ in route.headers):
+        headers += [(n, v) for n, v in own if n not in keep]
+        api_key = target.api_key or self.api_key
+        if not client_auth and api_key and b"authorization" not in configured:
             if route.flavor is ApiFlavor.ANTHROPIC:
-                headers.append((b"x-api-key", self._api_key.encode()))
+                headers.append((b"x-api-key", api_key.encode()))
             else:
-                headers.append((b"authorization", b"Bearer " + self._api_key.encode()))
-        headers.append((b"host", self.origin.host_header))
+                headers.append((b"authorization", b"Bearer " + api_key.encode()))
+        headers.append((b"host", target.origin.host_header))
         headers.append((b"x-request-id", request_id))
         if client_addr:
             forwarded = next((v for n, v in headers if n == b"x-forwarded-for"), None)
@@ -195,11 +220,11 @@ class Router:
             headers.append((b"transfer-encoding", b"chunked"))
         elif body_length or route.upstream_method in (b"POST", b"PUT", b"PATCH"):
             headers.append((b"content-length", str(body_length).encode()))
-        target = route.upstream_path + (b"?" + query if query else b"")
-        return request_head(route.upstream_method, target, headers)
+        path = target.origin.base_path.encode() + route.upstream_path + (b"?" + query if query else b"")
+        return request_head(route.upstream_method, path, headers)
 
-    def prepare_json(self, route: Route, raw: bytes) -> tuple[bytes, bool, str | None]:
-        """Validate a JSON body, map its model; returns (body to send, stream?, client model)."""
+    def prepare_json(self, route: Route, raw: bytes) -> PreparedJson:
+        """Validate a JSON body and map its model."""
         try:
             body: Any = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -213,7 +238,7 @@ class Router:
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", code="invalid_type")
         changed = False
-        mapped = self.config.model_mapping.get(model) if model is not None else None
+        mapped = self.config.mapped_model(model) if model is not None else None
         if mapped is not None and mapped != model:
             body["model"] = mapped
             changed = True
@@ -223,7 +248,14 @@ class Router:
             changed = True
         if changed:
             raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        return raw, stream, model
+        group = self.config.model_group(model) if model is not None else None
+        return PreparedJson(raw, body, stream, model, group)
+
+    def model_names(self) -> dict[str, str]:
+        """Client name → upstream name, for the multipart rewriter."""
+        return {
+            name: mapped for name in self.config.model_mapping if (mapped := self.config.mapped_model(name))
+        }
 
     def model_list(self) -> bytes:
         """The fallback for GET /v1/models: the names clients may ask for."""
@@ -238,4 +270,13 @@ def _lower(headers: dict[str, str]) -> HeaderList:
     return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
 
 
-__all__ = ["GatewayError", "Origin", "Route", "RouteKind", "Router", "parse_origin"]
+def _overlay(base: HeaderList, top: HeaderList) -> HeaderList:
+    names = {name for name, _ in top}
+    return [(n, v) for n, v in base if n not in names] + top
+
+
+def make_target(name: str, url: str, headers: dict[str, str], api_key: str | None) -> Target:
+    return Target(name, parse_origin(url), _lower(headers), api_key)
+
+
+__all__ = ["GatewayError", "Origin", "PreparedJson", "Route", "RouteKind", "Router", "Target", "parse_origin"]

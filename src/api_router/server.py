@@ -55,7 +55,7 @@ async def serve(
         __version__,
         config.host,
         port,
-        app.router.origin,
+        app.backends.describe(),
     )
     print(f"api-router listening on http://{config.host}:{port}", flush=True)
 

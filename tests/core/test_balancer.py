@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
 import pytest
 
@@ -14,6 +15,8 @@ from api_router.core.balancer import (
     SmoothWeightedRoundRobin,
     make_balancer,
 )
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
 
 def backends(**weights: int) -> list[Backend]:
@@ -28,89 +31,135 @@ def names(balancer: SmoothWeightedRoundRobin | LeastConnections, count: int, now
 # --- circuit breaker ---------------------------------------------------------------------------
 
 
+Step = tuple[Literal["allows", "peek", "ok", "fail", "abandon"], float, bool | CircuitState]
+
+
+def play(breaker: CircuitBreaker, script: list[Step]) -> None:
+    """Feed events at scripted times: ``allows``/``peek`` expect a bool, the rest the state after."""
+    for number, (event, now, expected) in enumerate(script):
+        result: bool | CircuitState
+        match event:
+            case "allows":
+                result = breaker.allows(now)
+            case "peek":
+                result = breaker.would_allow(now)
+            case "ok":
+                breaker.record_success(now)
+                result = breaker.state
+            case "fail":
+                breaker.record_failure(now)
+                result = breaker.state
+            case "abandon":
+                breaker.abandon(now)
+                result = breaker.state
+        assert result == expected, (
+            f"step {number}: {event}@{now} -> {result}, expected {expected} ({breaker!r})"
+        )
+
+
 def test_breaker_opens_after_consecutive_failures_only() -> None:
     breaker = CircuitBreaker(failure_threshold=3, cooldown=10)
-    breaker.record_failure(0)
-    breaker.record_failure(1)
-    breaker.record_success(2)  # resets the run
-    breaker.record_failure(3)
-    breaker.record_failure(4)
-    assert breaker.state is CircuitState.CLOSED
-    assert breaker.consecutive_failures == 2
-    assert breaker.allows(4)
-    breaker.record_failure(5)
-    assert breaker.state is CircuitState.OPEN
-    assert not breaker.allows(5)
+    play(
+        breaker,
+        [
+            ("fail", 0, CLOSED),
+            ("fail", 1, CLOSED),
+            ("ok", 2, CLOSED),  # resets the run
+            ("fail", 3, CLOSED),
+            ("fail", 4, CLOSED),
+            ("allows", 4, True),
+            ("fail", 5, OPEN),
+            ("allows", 5, False),
+        ],
+    )
     assert repr(breaker) == "<CircuitBreaker open failures=3/3 cooldown=10>"
 
 
 def test_breaker_admits_exactly_one_probe_after_cooldown() -> None:
     breaker = CircuitBreaker(failure_threshold=1, cooldown=10)
-    breaker.record_failure(100)
-    assert not breaker.allows(109.9)
-    assert breaker.state is CircuitState.OPEN
-    assert breaker.would_allow(110)  # looking does not take the probe
-    assert breaker.would_allow(110)
-    assert breaker.state is CircuitState.HALF_OPEN
-    assert breaker.allows(110)  # the probe
+    play(
+        breaker,
+        [
+            ("fail", 100, OPEN),
+            ("allows", 109.9, False),
+            ("peek", 110, True),  # looking does not take the probe
+            ("peek", 110, True),
+            ("allows", 110, True),  # the probe
+            ("allows", 110.5, False),
+            ("peek", 111, False),
+            ("allows", 500, False),  # still waiting for the probe's verdict
+        ],
+    )
     assert repr(breaker) == "<CircuitBreaker half-open probe-in-flight failures=1/1 cooldown=10>"
-    assert not breaker.allows(110.5)
-    assert not breaker.would_allow(111)
-    assert not breaker.allows(500)  # still waiting for the probe's verdict
 
 
 def test_probe_success_closes() -> None:
     breaker = CircuitBreaker(failure_threshold=2, cooldown=5)
-    breaker.record_failure(0)
-    breaker.record_failure(0)
-    assert breaker.allows(5)
-    breaker.record_success(6)
-    assert breaker.state is CircuitState.CLOSED
-    assert breaker.consecutive_failures == 0
-    assert breaker.allows(6)
-    assert breaker.allows(6)
-    breaker.record_failure(7)  # counting starts again from zero
-    assert breaker.state is CircuitState.CLOSED
+    play(
+        breaker,
+        [
+            ("fail", 0, CLOSED),
+            ("fail", 0, OPEN),
+            ("allows", 5, True),
+            ("ok", 6, CLOSED),
+            ("allows", 6, True),
+            ("allows", 6, True),
+            ("fail", 7, CLOSED),  # counting starts again from zero
+        ],
+    )
+    assert breaker.consecutive_failures == 1
 
 
 def test_probe_failure_reopens_with_a_new_cooldown() -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=10)
-    breaker.record_failure(0)
-    assert breaker.allows(10)
-    breaker.record_failure(12)
-    assert breaker.state is CircuitState.OPEN
-    assert not breaker.allows(21.9)  # cooldown counts from the probe's failure, not the first
-    assert breaker.allows(22)
-    assert not breaker.allows(22)
+    play(
+        CircuitBreaker(failure_threshold=1, cooldown=10),
+        [
+            ("fail", 0, OPEN),
+            ("allows", 10, True),
+            ("fail", 12, OPEN),
+            ("allows", 21.9, False),  # the cooldown counts from the probe's failure
+            ("allows", 22, True),
+            ("allows", 22, False),
+        ],
+    )
 
 
 def test_stragglers_do_not_move_an_open_circuit() -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=10)
-    breaker.record_failure(0)
-    breaker.record_success(1)  # a request admitted before the circuit opened
-    assert breaker.state is CircuitState.OPEN
-    breaker.record_failure(9)
-    assert breaker.allows(10)  # the cooldown was not extended
+    play(
+        CircuitBreaker(failure_threshold=1, cooldown=10),
+        [
+            ("fail", 0, OPEN),
+            ("ok", 1, OPEN),  # a request admitted before the circuit opened
+            ("fail", 9, OPEN),
+            ("allows", 10, True),  # the cooldown was not extended
+        ],
+    )
 
 
 def test_abandoned_probe_frees_the_slot() -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=1)
-    breaker.record_failure(0)
-    assert breaker.allows(1)
-    breaker.abandon(2)
-    assert breaker.state is CircuitState.HALF_OPEN
-    assert breaker.allows(2)
-    assert not breaker.allows(2)
+    play(
+        CircuitBreaker(failure_threshold=1, cooldown=1),
+        [
+            ("fail", 0, OPEN),
+            ("allows", 1, True),
+            ("abandon", 2, HALF_OPEN),
+            ("allows", 2, True),
+            ("allows", 2, False),
+        ],
+    )
 
 
 def test_silent_probe_counts_as_failure_after_probe_timeout() -> None:
-    breaker = CircuitBreaker(failure_threshold=1, cooldown=10, probe_timeout=30)
-    breaker.record_failure(0)
-    assert breaker.allows(10)
-    assert not breaker.allows(39)
-    assert not breaker.allows(40)  # timed out at 40: open again until 50
-    assert breaker.state is CircuitState.OPEN
-    assert breaker.allows(50)
+    play(
+        CircuitBreaker(failure_threshold=1, cooldown=10, probe_timeout=30),
+        [
+            ("fail", 0, OPEN),
+            ("allows", 10, True),
+            ("allows", 39, False),
+            ("allows", 40, False),  # timed out at 40: open again until 50
+            ("allows", 50, True),
+        ],
+    )
 
 
 @pytest.mark.parametrize(

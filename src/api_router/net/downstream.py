@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from api_router.cache import CachedResponse, MemoryCache
+from api_router.core.cache_key import cache_key
 from api_router.core.http import Framing, HeaderList, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
 from api_router.errors import ApiFlavor, BadRequest, GatewayError, PayloadTooLarge
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
-from api_router.routing import Route, RouteKind
+from api_router.routing import Route, RouteKind, Target
 
 if TYPE_CHECKING:
-    from api_router.server import App
+    from api_router.app import App
+    from api_router.backends import BackendGroup
 
 _MAX_HEADER_BYTES = 64 * 1024
 _MAX_QUEUED = 16
@@ -216,8 +219,10 @@ class DownstreamProtocol(asyncio.Protocol):
         if route is RouteKind.HEALTH:
             self._send_local(req, 200, b"application/json", self.app.health_body())
         elif route is RouteKind.METRICS:
-            body, content_type = self.app.metrics.render()
+            body, content_type = self.app.render_metrics()
             self._send_local(req, 200, content_type, body)
+        elif route is RouteKind.CACHE_STATS:
+            self._send_local(req, 200, b"application/json", self.app.cache_stats_body())
         elif isinstance(route, Route) and route.kind is RouteKind.MODELS:
             self._fetching = True
             spawn(self._answer_models(req, route))
@@ -231,12 +236,60 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _start_json(self, req: _Request, route: Route) -> None:
         try:
-            body, stream, _model = self.app.router.prepare_json(route, bytes(req.body))
+            prepared = self.app.router.prepare_json(route, bytes(req.body))
         except GatewayError as error:
             self.send_error(error, route.flavor, req.request_id, req.keep_alive)
             self.app.metrics.local_response(route.path, error.status)
             return
-        self._begin(req, route, body=body, streaming=stream)
+        group = self.app.backends.group(prepared.group or route.backend_group)
+        cache = self.app.cache
+        if cache is None or prepared.stream or not self.app.cacheable(prepared.body):
+            self._begin(req, route, body=prepared.raw, streaming=prepared.stream, group=group)
+            return
+        control = header_value(req.headers, b"cache-control") or b""
+        if b"no-cache" in control or b"no-store" in control:
+            self._begin(req, route, body=prepared.raw, streaming=False, group=group, x_cache=b"BYPASS")
+            return
+        key = cache_key(route.path, prepared.body, None)
+        if isinstance(cache, MemoryCache):
+            self._answer_cached(req, route, prepared.raw, group, key, cache.get_now(key))
+        else:
+            self._fetching = True
+            spawn(self._lookup_then_answer(req, route, prepared.raw, group, key))
+
+    async def _lookup_then_answer(
+        self, req: _Request, route: Route, body: bytes, group: BackendGroup, key: str
+    ) -> None:
+        assert self.app.cache is not None
+        cached = await self.app.cache.get(key)
+        self._fetching = False
+        if not self._closed:
+            self._answer_cached(req, route, body, group, key, cached)
+            if self.exchange is None:
+                self._dispatch()
+
+    def _answer_cached(
+        self,
+        req: _Request,
+        route: Route,
+        body: bytes,
+        group: BackendGroup,
+        key: str,
+        cached: CachedResponse | None,
+    ) -> None:
+        if cached is None:
+            self._begin(req, route, body=body, streaming=False, group=group, cache_key=key, x_cache=b"MISS")
+            return
+        headers = [*cached.headers, (b"x-request-id", req.request_id), (b"x-cache", b"HIT")]
+        if not req.keep_alive:
+            headers.append((b"connection", b"close"))
+        self.transport.write(
+            response_head(cached.status, headers, Framing.LENGTH, len(cached.body)) + cached.body
+        )
+        self.app.metrics.local_response(route.path, cached.status)
+        if not req.keep_alive:
+            self._closed = True
+            self.transport.close()
 
     def _start_streamed(self, req: _Request, route: Route, length: int | None) -> None:
         rewriter = None
@@ -245,8 +298,11 @@ class DownstreamProtocol(asyncio.Protocol):
                 (header_value(req.headers, b"content-type") or b"").decode()
             )
             if boundary is not None:
-                rewriter = MultipartModelRewriter(boundary, self.app.router.config.model_mapping)
-        req.forwarder = self._begin(req, route, body=None, streaming=False, rewriter=rewriter, length=length)
+                rewriter = MultipartModelRewriter(boundary, self.app.router.model_names())
+        group = self.app.backends.group(route.backend_group)
+        req.forwarder = self._begin(
+            req, route, body=None, streaming=False, group=group, rewriter=rewriter, length=length
+        )
 
     def _begin(
         self,
@@ -255,14 +311,19 @@ class DownstreamProtocol(asyncio.Protocol):
         *,
         body: bytes | None,
         streaming: bool,
+        group: BackendGroup,
         rewriter: MultipartModelRewriter | None = None,
         length: int | None = None,
+        cache_key: str | None = None,
+        x_cache: bytes | None = None,
     ) -> Forwarder:
         router = self.app.router
         headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
 
-        def head(body_length: int | None) -> bytes:
-            return router.upstream_head(route, headers, query, body_length, request_id, peer, streaming)
+        def head(target: Target, body_length: int | None) -> bytes:
+            return router.upstream_head(
+                route, target, headers, query, body_length, request_id, peer, streaming
+            )
 
         forwarder = Forwarder(
             self.app,
@@ -275,6 +336,9 @@ class DownstreamProtocol(asyncio.Protocol):
             started_at=req.started_at,
             rewriter=rewriter,
             body_length=length,
+            group=group,
+            cache_key=cache_key,
+            x_cache=x_cache,
         )
         self.exchange = forwarder
         self.transport.set_write_buffer_limits(high=route.buffer_size)

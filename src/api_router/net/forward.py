@@ -31,15 +31,19 @@ from api_router.errors import (
     from_os_error,
 )
 from api_router.net.tasks import spawn
-from api_router.routing import Route
+from api_router.routing import Route, Target
 
 if TYPE_CHECKING:
+    from api_router.app import App
+    from api_router.backends import BackendGroup
+    from api_router.core.balancer import Backend
     from api_router.core.multipart import MultipartModelRewriter
     from api_router.net.downstream import DownstreamProtocol
     from api_router.net.upstream import UpstreamConnection
-    from api_router.server import App
 
 _STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
 
 
 class Forwarder:
@@ -52,19 +56,21 @@ class Forwarder:
         route: Route,
         *,
         request_id: bytes,
-        head: Callable[[int | None], bytes],
+        head: Callable[[Target, int | None], bytes],
         body: bytes | None,
         streaming: bool,
         started_at: float,
         rewriter: MultipartModelRewriter | None = None,
         body_length: int | None = None,
+        group: BackendGroup,
+        cache_key: str | None = None,
+        x_cache: bytes | None = None,
     ) -> None:
         self.app = app
         self.loop = app.loop
         self.downstream = downstream
         self.transport = downstream.transport
         self.route = route
-        self.router = app.router  # a reload does not move an exchange that already started
         self.request_id = request_id
         self.state = StreamState(route.heartbeat_interval, route.flavor)
         self.streaming = streaming
@@ -92,20 +98,40 @@ class Forwarder:
         self._paused = False
         self.published_bytes = 0
         self.published_heartbeats = 0
+        self.group = group
+        self.backend: Backend | None = None
+        self.target: Target = group.targets[group.backends[0].name]  # replaced at each pick
+        self._tried: list[str] = []  # backends this request went to, in order (failover)
+        self._last_error: GatewayError | None = None
+        self.cache_key = cache_key
+        self._x_cache = x_cache
+        self._capture: bytearray | None = None  # a cacheable response's body while it streams
+        self._headers_out: HeaderList = []
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
         self._connect_task = spawn(self._connect())
 
     async def _connect(self, fresh: bool = False) -> None:
+        """Pick a backend (unless retrying a stale pooled connection on the same one), connect, send."""
+        if not fresh or self.backend is None:
+            backend = self.group.pick(self.loop.time(), self._tried)
+            if backend is None:
+                self._apply(self.state.upstream_failed(self._last_error or self.group.unavailable()))
+                return
+            self.backend = backend
+            backend.in_flight += 1
+            self._tried.append(backend.name)
+            self.target = self.group.targets[backend.name]
+        target = self.target
         pool = self.app.pool
         try:
             if fresh:
-                conn, reused = await pool.connect(self.router.origin), False
+                conn, reused = await pool.connect(target.origin), False
             else:
-                conn, reused = await pool.acquire(self.router.origin)
+                conn, reused = await pool.acquire(target.origin)
         except GatewayError as error:
-            self._apply(self.state.upstream_failed(error))
+            self._backend_failed(error)
             return
         if self.state.phase is not Phase.AWAITING_UPSTREAM:
             pool.release(conn)  # the client left while we connected; nothing was sent on it
@@ -116,13 +142,55 @@ class Forwarder:
         self._arm_watchdog(self.app.read_timeout)
         self._send_request()
 
+    def _can_fail_over(self) -> bool:
+        """Only before the first byte went to the client, with the whole body held, within budget."""
+        body = self._body
+        return (
+            self.state.phase is Phase.AWAITING_UPSTREAM
+            and body is not None
+            and len(body) <= RETRY_BODY_LIMIT
+            and len(self._tried) <= self.group.retries
+            and self.group.has_alternative(self.loop.time(), self._tried)
+        )
+
+    def _backend_failed(self, error: GatewayError, *, breaker_failure: bool = True) -> None:
+        """This backend failed before answering: try the next one, or give the client the error."""
+        self._release_backend(False if breaker_failure else None)
+        self._last_error = error
+        self._cancel_timers()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+        self._head_sent = False
+        self.status = 0
+        if self._can_fail_over():
+            self.app.metrics.failovers.inc()
+            self._connect_task = spawn(self._connect())
+        else:
+            self._apply(self.state.upstream_failed(error))
+
+    def _release_backend(self, success: bool | None) -> None:
+        """Give the backend its verdict: True/False feed its breaker, None (client left) abandons."""
+        backend, self.backend = self.backend, None
+        if backend is None:
+            return
+        backend.in_flight -= 1
+        now = self.loop.time()
+        if success is True:
+            backend.breaker.record_success(now)
+        elif success is False:
+            backend.breaker.record_failure(now)
+        else:
+            backend.breaker.abandon(now)
+        self.app.metrics.backend_result(backend.name, success, time.perf_counter() - self.started_at)
+
     def _send_request(self) -> None:
         conn = self.conn
         if conn is None or self._head_sent:
             return
         if self._body is not None:
             self._head_sent = True
-            conn.write(self._head(len(self._body)) + self._body)
+            conn.write(self._head(self.target, len(self._body)) + self._body)
             return
         if self._rewriter is not None and not self._rewriter.decided:
             return
@@ -134,7 +202,7 @@ class Forwarder:
             length = self._pending_bytes  # no body, or one that ended before the head went out
         self._body_chunked_upstream = length is None
         self._head_sent = True
-        conn.write(self._head(length))
+        conn.write(self._head(self.target, length))
         self._flush_pending()
 
     def request_body(self, data: bytes) -> None:
@@ -186,6 +254,12 @@ class Forwarder:
     def upstream_head(self, status: int, headers: HeaderList) -> None:
         if status < 200:
             return  # 1xx interim responses are not forwarded
+        if status in RETRY_STATUSES and self._can_fail_over():
+            error = UpstreamUnreachable(
+                f"backend {self.target.origin} answered {status}", code="backend_status"
+            )
+            self._backend_failed(error, breaker_failure=status != 429)  # a busy backend is not a broken one
+            return
         now = self.loop.time()
         self.status = status
         self.ttfb = time.perf_counter() - self.started_at
@@ -194,6 +268,11 @@ class Forwarder:
         is_sse = content_type.startswith(b"text/event-stream")
         out = end_to_end(headers, _STRIP_FROM_RESPONSE)
         out.append((b"x-request-id", self.request_id))
+        if self._x_cache is not None:
+            out.append((b"x-cache", self._x_cache))
+            if self.cache_key is not None and status == 200 and not is_sse:
+                self._capture = bytearray()
+                self._headers_out = out
         if is_sse:
             if header_value(out, b"cache-control") is None:
                 out.append((b"cache-control", b"no-cache"))
@@ -216,6 +295,8 @@ class Forwarder:
         """The hot path: one call per upstream read, no allocation beyond the chunk header."""
         self.state.data(data)
         self.last_read = self.loop.time()
+        if self._capture is not None:
+            self._capture += data
         if self._framing is Framing.CHUNKED:
             self.transport.writelines((b"%x\r\n" % len(data), data, CRLF))
         else:
@@ -226,7 +307,13 @@ class Forwarder:
 
     def upstream_lost(self, exc: BaseException | None) -> None:
         phase = self.state.phase
-        if phase is Phase.AWAITING_UPSTREAM and self._reused and not self._retried and self._body is not None:
+        if (
+            phase is Phase.AWAITING_UPSTREAM
+            and self._reused
+            and not self._retried
+            and self._body is not None
+            and self.status == 0
+        ):
             # A pooled connection the server had already closed: resend once on a fresh one.
             self._retried = True
             self.conn = None
@@ -241,10 +328,13 @@ class Forwarder:
             error = UpstreamBroken("the upstream connection closed in the middle of the response")
         elif exc is None:
             error = UpstreamUnreachable(
-                f"upstream {self.router.origin} closed the connection without answering"
+                f"upstream {self.target.origin} closed the connection without answering"
             )
         else:
-            error = from_os_error(exc, str(self.router.origin))
+            error = from_os_error(exc, str(self.target.origin))
+        if phase is Phase.AWAITING_UPSTREAM and self.status == 0:
+            self._backend_failed(error)
+            return
         self._apply(self.state.upstream_failed(error))
 
     def downstream_writable(self, writable: bool) -> None:
@@ -319,6 +409,13 @@ class Forwarder:
                 self.app.pool.release(conn)
             else:
                 conn.close()
+        if ending.reason == "client_disconnect":
+            self._release_backend(None)
+        else:
+            self._release_backend(ending.reason == "completed" and self.status < 500)
+        capture = self._capture
+        if capture is not None and ending.reason == "completed" and self.cache_key is not None:
+            self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
         keep_alive = False
         if ending.error_response is not None:
             self.status = ending.error_response.status
