@@ -223,7 +223,7 @@ def checks_table(items: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def render(res: Results, sizes: dict[str, Any]) -> str:
+def render(res: Results, sizes: dict[str, Any], with_checks: bool = True) -> str:
     parts = []
     fill = {
         **sizes,
@@ -236,7 +236,8 @@ def render(res: Results, sizes: dict[str, Any]) -> str:
         else:
             title = TITLES[workload].format(**fill)
         parts.append(table(res, workload, title))
-    parts.append(checks_table(checks(res)))
+    if with_checks:
+        parts.append(checks_table(checks(res)))
     return "\n\n".join(parts)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-NGINX_BIN = "/usr/sbin/nginx"
+NGINX_BIN = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")  # override to test without nginx
 LITELLM_VENV = HERE / ".litellm-venv"
 LITELLM_KEY = "sk-bench-master"
 BENCH_MODEL = "bench-gpt"  # what clients ask for

@@ -8,6 +8,7 @@ an HTTP error, a timeout, an upstream that never saw a close) are in ``report["f
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -131,7 +132,17 @@ class Workloads:
     async def _load(self, target: Target, spec: LoadSpec) -> dict[str, Any]:
         await self.upstream.reset()
         pids = [target.pid] if target.pid is not None else None
-        return await run_load(spec, pids)
+        load = os.getloadavg()[0]
+        report = await run_load(spec, pids)
+        report["loadavg_before"] = round(load, 2)
+        return report
+
+    async def warmup(self, target: Target) -> None:
+        """A few small streams through a freshly started proxy (lazy imports, first connections),
+        so that a fresh proxy's RSS figures are not its start-up costs."""
+        report = await self._load(target, self._spec(target, Shape(5, 0.0, 16), streams=10, duration_s=60))
+        if report["failed"]:
+            raise RuntimeError(f"warm-up through {target.name} failed: {report['first_errors']}")
 
     def get(self, name: str) -> Callable[[Target], Coroutine[Any, Any, Outcome]]:
         return {

@@ -11,11 +11,20 @@ from typing import TYPE_CHECKING, Any
 from api_router import __version__, logs
 from api_router.backends import BackendSet, circuit_value
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
-from api_router.config import Config, ConfigError
+from api_router.config import Config, ConfigError, RateLimitConfig
 from api_router.config_backends import CacheConfig
 from api_router.core.cache_key import cacheable
 from api_router.core.http import HeaderList, header_value
 from api_router.errors import ApiFlavor, GatewayError, UpstreamTimeout
+from api_router.limits import (
+    CONCURRENCY_LIMITED,
+    InProcessLimiter,
+    RedisLimiter,
+    StreamSlots,
+    build_limiter,
+    decision_error,
+    resolve_limit,
+)
 from api_router.metrics import Metrics
 from api_router.net.tasks import spawn
 from api_router.net.upstream import UpstreamPool, fetch, make_ssl_context
@@ -50,6 +59,9 @@ class App:
         self._all_closed: asyncio.Event | None = None
         self.cache: ResponseCache | None = None
         self._cache_config: CacheConfig | None = None
+        self.limiter: InProcessLimiter | RedisLimiter | None = None
+        self._limiter_config: RateLimitConfig | None = None
+        self.stream_slots = StreamSlots()
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -64,6 +76,13 @@ class App:
         if self.cache is None or self._cache_config != config.cache:
             self.cache = make_cache(config.cache)
             self._cache_config = config.cache
+        self.limits = {route.path: resolve_limit(config, route.path) for route in self.router.routes}
+        if self.limiter is None or self._limiter_config != config.rate_limit:
+            if self.limiter is not None:
+                spawn(self.limiter.close())
+            self.limiter = build_limiter(config)
+            self._limiter_config = config.rate_limit
+        self.max_streams = config.rate_limit.concurrent_streams if config.rate_limit else None
         tls = config.upstream_tls
         https = any(
             target.origin.scheme == "https"
@@ -121,6 +140,26 @@ class App:
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
+    def needs_admission(self, route: Route, streaming: bool) -> bool:
+        return self.limits.get(route.path) is not None or (streaming and self.max_streams is not None)
+
+    async def admit(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+        """Rate limit, then the concurrent-stream limit; the slot is the forwarder's to release."""
+        limit = self.limits.get(forwarder.route.path)
+        limiter = self.limiter
+        if limit is not None and limiter is not None:
+            if isinstance(limiter, InProcessLimiter):
+                decision = limiter.check(key, forwarder.route.path, limit, self.loop.time())
+            else:
+                decision = await limiter.check(key, forwarder.route.path, limit)
+            if not decision.allowed:
+                return decision_error(decision)
+        if forwarder.streaming and self.max_streams is not None:
+            if not self.stream_slots.acquire(key, self.max_streams):
+                return decision_error(CONCURRENCY_LIMITED)
+            forwarder.slot_key = key
+        return None
+
     def cacheable(self, body: dict[str, Any]) -> bool:
         return cacheable(body, allow_sampling=self.config.cache.cache_sampled)
 
@@ -158,6 +197,8 @@ class App:
                 "upstream": self.backends.describe(),
                 "backends": self.backends.snapshot(),
                 "cache": self.cache.stats() if self.cache is not None else None,
+                "rate_limit": self.limiter.snapshot() if self.limiter is not None else None,
+                "open_streams_by_key": len(self.stream_slots),
                 "config": self.config.source,
                 "connections": len(self.connections),
                 "streams_active": self.metrics.active_streams,

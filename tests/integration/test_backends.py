@@ -66,7 +66,9 @@ class FixedStatusServer:
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
                     )
                     continue
-                body = json.dumps({"error": {"message": "busy", "type": "server_error", "code": None}}).encode()
+                body = json.dumps(
+                    {"error": {"message": "busy", "type": "server_error", "code": None}}
+                ).encode()
                 conn.sendall(
                     b"HTTP/1.1 %d Busy\r\nContent-Type: application/json\r\nConnection: close\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (self.status, len(body), body)
@@ -79,7 +81,10 @@ class FixedStatusServer:
 def test_weights_are_respected_over_1000_requests(three):
     for u in three:
         u.reset()
-    with RouterProcess({"backends": backends(three, [5, 3, 2])}) as router, httpx.Client(base_url=router.url) as client:
+    with (
+        RouterProcess({"backends": backends(three, [5, 3, 2])}) as router,
+        httpx.Client(base_url=router.url) as client,
+    ):
         for _ in range(1000):
             assert client.post("/v1/embeddings", json={"model": "m", "input": "x"}).status_code == 200
     counts = [served(u) for u in three]
@@ -93,7 +98,9 @@ def test_least_connections_spreads_long_streams(three):
     config = {"backends": backends(three, [3, 1, 1]), "balancing": "least-connections"}
     with RouterProcess(config) as router:
         streams = [
-            httpx.stream("POST", router.url + "/v1/chat/completions", json=chat({"tokens": 40, "interval_ms": 50}))
+            httpx.stream(
+                "POST", router.url + "/v1/chat/completions", json=chat({"tokens": 40, "interval_ms": 50})
+            )
             for _ in range(9)
         ]
         with contextlib.ExitStack() as stack:
@@ -106,7 +113,10 @@ def test_least_connections_spreads_long_streams(three):
 
 def test_killing_a_backend_mid_run(tmp_path):
     with UpstreamProcess() as a, UpstreamProcess() as b, UpstreamProcess() as victim:
-        config = {"backends": backends([a, b, victim]), "healthCheck": {"failureThreshold": 1, "cooldownSecs": 30}}
+        config = {
+            "backends": backends([a, b, victim]),
+            "healthCheck": {"failureThreshold": 1, "cooldownSecs": 30},
+        }
         with RouterProcess(config) as router:
             opened = [
                 httpx.stream(
@@ -129,7 +139,10 @@ def test_killing_a_backend_mid_run(tmp_path):
                     errors += "event: error" in rest
                 assert errors == on_victim, "the streams on the dead backend get the error event"
             with httpx.Client(base_url=router.url) as client:
-                statuses = [client.post("/v1/chat/completions", json=chat(stream=False)).status_code for _ in range(30)]
+                statuses = [
+                    client.post("/v1/chat/completions", json=chat(stream=False)).status_code
+                    for _ in range(30)
+                ]
             assert statuses == [200] * 30, "requests not yet started see no failure"
             health = httpx.get(router.url + "/health").json()["backends"]["default"]
             assert [b["circuit"] for b in health if b["url"] == victim.url] == ["open"]
@@ -171,8 +184,10 @@ def test_circuit_opens_then_a_probe_closes_it(upstream):
             assert flaky.hits == hits, "an open circuit gets no traffic"
             flaky.status = 200
             wait_for(
-                lambda: client.post("/v1/embeddings", json={"model": "m", "input": "x"}).status_code == 200
-                and circuit() == "closed",
+                lambda: (
+                    client.post("/v1/embeddings", json={"model": "m", "input": "x"}).status_code == 200
+                    and circuit() == "closed"
+                ),
                 what="the half-open probe to close the circuit",
             )
     finally:
@@ -204,7 +219,10 @@ def test_response_cache_hit_miss_bypass_and_eviction(upstream):
         first = client.post("/v1/embeddings", json=body)
         second = client.post("/v1/embeddings", json=body)
         assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
-        assert first.content == second.content and second.headers["x-request-id"] != first.headers["x-request-id"]
+        assert (
+            first.content == second.content
+            and second.headers["x-request-id"] != first.headers["x-request-id"]
+        )
         assert served(upstream) == 1
         bypass = client.post("/v1/embeddings", json=body, headers={"cache-control": "no-cache"})
         assert bypass.headers["x-cache"] == "BYPASS" and served(upstream) == 2
@@ -229,7 +247,9 @@ def test_redis_cache_is_shared_by_two_routers(upstream):
             upstream.reset()
             assert httpx.post(one.url + "/v1/embeddings", json=body).headers["x-cache"] == "MISS"
             hit = wait_for(
-                lambda: (r := httpx.post(two.url + "/v1/embeddings", json=body)).headers["x-cache"] == "HIT" and r,
+                lambda: (
+                    (r := httpx.post(two.url + "/v1/embeddings", json=body)).headers["x-cache"] == "HIT" and r
+                ),
                 what="the second router to see the first one's entry",
             )
             assert hit.json()["data"]

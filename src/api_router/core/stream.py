@@ -37,7 +37,8 @@ class Phase(enum.Enum):
 class Ending(NamedTuple):
     """What the I/O layer must do to end the exchange."""
 
-    reason: str  # metrics label: completed | client_disconnect | upstream_died | upstream_error | ignored
+    reason: str  # metrics label: completed | client_disconnect | upstream_died | upstream_unreachable |
+    #              upstream_timeout | rate_limited | unavailable | ignored
     reuse_upstream: bool
     error_response: GatewayError | None  # send this as a whole response (nothing was sent yet)
     trailer: bytes  # write this, then end the body (the SSE error event)
@@ -115,5 +116,8 @@ class StreamState:
         )
 
 
+_REASONS = {504: "upstream_timeout", 429: "rate_limited", 503: "unavailable"}
+
+
 def _reason(error: GatewayError) -> str:
-    return "upstream_timeout" if error.status == 504 else "upstream_unreachable"
+    return _REASONS.get(error.status, "upstream_unreachable")

@@ -20,6 +20,7 @@ from api_router.core.cache_key import cache_key
 from api_router.core.http import Framing, HeaderList, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
 from api_router.errors import ApiFlavor, BadRequest, GatewayError, PayloadTooLarge
+from api_router.limits import client_key
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
 from api_router.routing import Route, RouteKind, Target
@@ -339,6 +340,7 @@ class DownstreamProtocol(asyncio.Protocol):
             group=group,
             cache_key=cache_key,
             x_cache=x_cache,
+            client_key=client_key(headers, peer) if self.app.needs_admission(route, streaming) else None,
         )
         self.exchange = forwarder
         self.transport.set_write_buffer_limits(high=route.buffer_size)

@@ -65,6 +65,7 @@ class Forwarder:
         group: BackendGroup,
         cache_key: str | None = None,
         x_cache: bytes | None = None,
+        client_key: str | None = None,
     ) -> None:
         self.app = app
         self.loop = app.loop
@@ -104,6 +105,8 @@ class Forwarder:
         self._tried: list[str] = []  # backends this request went to, in order (failover)
         self._last_error: GatewayError | None = None
         self.cache_key = cache_key
+        self._client_key = client_key  # set when the request must pass the limits first
+        self.slot_key: str | None = None  # a concurrent-stream slot this exchange holds
         self._x_cache = x_cache
         self._capture: bytearray | None = None  # a cacheable response's body while it streams
         self._headers_out: HeaderList = []
@@ -114,6 +117,12 @@ class Forwarder:
 
     async def _connect(self, fresh: bool = False) -> None:
         """Pick a backend (unless retrying a stale pooled connection on the same one), connect, send."""
+        if self._client_key is not None:
+            key, self._client_key = self._client_key, None
+            refused = await self.app.admit(self, key)
+            if refused is not None:
+                self._apply(self.state.upstream_failed(refused))
+                return
         if not fresh or self.backend is None:
             backend = self.group.pick(self.loop.time(), self._tried)
             if backend is None:
@@ -413,6 +422,9 @@ class Forwarder:
             self._release_backend(None)
         else:
             self._release_backend(ending.reason == "completed" and self.status < 500)
+        if self.slot_key is not None:
+            self.app.stream_slots.release(self.slot_key)
+            self.slot_key = None
         capture = self._capture
         if capture is not None and ending.reason == "completed" and self.cache_key is not None:
             self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
