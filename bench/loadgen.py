@@ -138,6 +138,7 @@ class _Run:
         self.gaps = array("d")
         self.bytes = 0
         self.started = 0  # streams that got their first token
+        self.lost = 0  # streams that ended without one
         self.finished = 0
         self.all_started = asyncio.Event()
         self.first_finished = asyncio.Event()
@@ -146,12 +147,16 @@ class _Run:
 
     def mark_started(self) -> None:
         self.started += 1
-        if self.started >= self.spec.streams:
+        if self.started + self.lost >= self.spec.streams:
             self.all_started.set()
 
-    def mark_finished(self) -> None:
+    def mark_finished(self, tokens: int) -> None:
         self.finished += 1
         self.first_finished.set()
+        if not tokens and self.spec.requests_per_conn == 1:
+            self.lost += 1
+            if self.started + self.lost >= self.spec.streams:
+                self.all_started.set()
 
 
 class SSEConnection(asyncio.Protocol):
@@ -279,6 +284,9 @@ class SSEConnection(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
         self.partial, self.expect, self.saw_done, self.snippet = b"", 0, False, b""
         req.t_write = time.monotonic()
+        if self.closed or self.transport.is_closing():
+            self._finish("closed_early", "the connection was closed before the request was sent")
+            return
         self.transport.write(payload)
         try:
             await asyncio.wait_for(asyncio.shield(self.done), limit_s)
@@ -299,7 +307,7 @@ class SSEConnection(asyncio.Protocol):
         req = self.req
         if req is not None and req.outcome == "pending":
             req.outcome, req.detail = outcome, detail
-            self.run.mark_finished()
+            self.run.mark_finished(req.tokens)
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
@@ -342,7 +350,7 @@ async def _worker(run: _Run, wid: int, sem: asyncio.Semaphore, deadline: float) 
             except (TimeoutError, OSError) as err:
                 req.outcome, req.detail = "connect_error", repr(err)
                 run.reqs.append(req)
-                run.mark_finished()
+                run.mark_finished(0)
                 return
             if run.stopping:
                 break

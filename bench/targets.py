@@ -152,11 +152,13 @@ class Service:
 
 def router_config(upstream_port: int, features: bool) -> dict[str, object]:
     """The router's config: plain (warnings only), or every feature on (access log at info,
-    model mapping; metrics are always collected)."""
+    model mapping; metrics are always collected). Both without the per-process stream caps."""
     config: dict[str, object] = {
         "baseUrl": f"http://127.0.0.1:{upstream_port}",
         "streamConfig": {"bufferSize": 8192, "heartbeatIntervalSecs": 30},
         "logLevel": "warning",
+        # the hardening caps (5000 streams, 10000 connections by default) would stop workload 4
+        "limits": {"maxStreams": 100_000, "maxConnections": 100_000},
     }
     if features:
         config.update(logLevel="info", logFormat="text", modelMapping={BENCH_MODEL: MOCK_MODEL})
@@ -169,7 +171,7 @@ worker_processes 1;
 worker_rlimit_nofile {nofile};
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections {max(1024, nofile - 64)}; }}
+events {{ worker_connections {nofile + 8192}; }}  # more slots than fds: it needs some spare
 http {{
     access_log {workdir}/nginx-access.log;
     client_body_temp_path {workdir}/nginx-body;

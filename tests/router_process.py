@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-_READY = re.compile(r"api-router listening on http://([\d.]+):(\d+)")
+_READY = re.compile(r"api-router listening on (https?)://([\d.]+):(\d+)")
 
 
 class RouterProcess:
@@ -53,12 +53,13 @@ class RouterProcess:
                     raise RuntimeError(f"router exited before ready: {''.join(self.stderr_lines)}")
                 match = _READY.search(line)
                 if match:
-                    self.port = int(match.group(2))
+                    self.scheme = match.group(1)
+                    self.port = int(match.group(3))
                     break
         except BaseException:
             self.close()
             raise
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
 
     @staticmethod
     def _pump(stream: Any, into: queue.Queue[str | None] | None, keep: list[str] | None) -> None:

@@ -13,15 +13,19 @@ from api_router.backends import BackendSet, circuit_value
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
 from api_router.config import Config, ConfigError, RateLimitConfig
 from api_router.config_backends import CacheConfig
+from api_router.config_security import access_control
+from api_router.core.access import ClientPolicy
 from api_router.core.cache_key import cacheable
 from api_router.core.http import HeaderList, header_value
 from api_router.errors import ApiFlavor, GatewayError, UpstreamTimeout
 from api_router.limits import (
     CONCURRENCY_LIMITED,
     InProcessLimiter,
+    Limit,
     RedisLimiter,
     StreamSlots,
     build_limiter,
+    client_key,
     decision_error,
     resolve_limit,
 )
@@ -77,6 +81,15 @@ class App:
             self.cache = make_cache(config.cache)
             self._cache_config = config.cache
         self.limits = {route.path: resolve_limit(config, route.path) for route in self.router.routes}
+        self.access = access_control(config)
+        self.client_limits = {
+            c.name: Limit(
+                c.rate_limit.requests_per_minute,
+                c.rate_limit.burst or max(1, c.rate_limit.requests_per_minute),
+            )
+            for c in config.clients
+            if c.rate_limit is not None and c.rate_limit.requests_per_minute
+        }
         if self.limiter is None or self._limiter_config != config.rate_limit:
             if self.limiter is not None:
                 spawn(self.limiter.close())
@@ -140,12 +153,26 @@ class App:
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 
-    def needs_admission(self, route: Route, streaming: bool) -> bool:
-        return self.limits.get(route.path) is not None or (streaming and self.max_streams is not None)
+    def admission_key(
+        self, route: Route, streaming: bool, headers: HeaderList, peer: str | None
+    ) -> str | None:
+        """The rate-limit identity of a request, or None when no limit applies to it."""
+        client = self.client_of(headers)
+        if client is not None and client.name in self.client_limits:
+            return "client:" + client.name
+        if self.limits.get(route.path) is not None or (streaming and self.max_streams is not None):
+            return client_key(headers, peer)
+        return None
+
+    def client_of(self, headers: HeaderList) -> ClientPolicy | None:
+        return self.access.authenticate(headers) if self.access.enabled else None
 
     async def admit(self, forwarder: Forwarder, key: str) -> GatewayError | None:
         """Rate limit, then the concurrent-stream limit; the slot is the forwarder's to release."""
-        limit = self.limits.get(forwarder.route.path)
+        if key.startswith("client:"):
+            limit: Limit | None = self.client_limits[key.removeprefix("client:")]
+        else:
+            limit = self.limits.get(forwarder.route.path)
         limiter = self.limiter
         if limit is not None and limiter is not None:
             if isinstance(limiter, InProcessLimiter):

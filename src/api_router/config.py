@@ -45,6 +45,7 @@ from api_router.config_backends import (
     http_url,
     implicit_group,
 )
+from api_router.config_security import Clients, LimitsConfig, TlsConfig
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
@@ -254,6 +255,9 @@ class Config(_Model):
     health_check: HealthCheckConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)
+    clients: Clients = Field(default_factory=list)  # any: access control on (core/access.py)
+    tls: TlsConfig | None = None  # serve HTTPS
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     _source: str = PrivateAttr(default="<dict>")
     _api_key: SecretStr | None = PrivateAttr(default=None)

@@ -6,7 +6,9 @@ The tree is small on purpose::
       ├── BadRequest             400 invalid_request_error
       ├── NotFound               404
       ├── MethodNotAllowed       405
+      ├── RequestTimeout         408 (slow headers or body: slowloris)
       ├── PayloadTooLarge        413
+      ├── HeadersTooLarge        431
       ├── UpstreamUnreachable    502 (connect refused/reset, TLS failure, bad upstream HTTP)
       ├── UpstreamBroken         502 mid-stream: the upstream died after the response started
       ├── ServiceUnavailable     503 (shutting down; a limiter backend down and failing closed)
@@ -94,6 +96,18 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
 
 
 class UpstreamUnreachable(GatewayError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,10 @@ async def serve(
     if pinned:
         config = config.with_overrides(pinned)
     app = App(config, loop, reload=reload, pinned=pinned)
+    tls = None
+    if config.tls is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(config.tls.cert_file, config.tls.key_file)
     server = await loop.create_server(
         lambda: DownstreamProtocol(app),
         config.host,
@@ -46,18 +51,20 @@ async def serve(
         backlog=4096,
         reuse_address=True,
         reuse_port=reuse_port or None,
+        ssl=tls,
     )
     port = server.sockets[0].getsockname()[1]
     if mock is not None:
         print(_mock_banner(config.host, port, mock.port), file=sys.stderr, flush=True)
     logs.log.info(
-        "api-router %s listening on http://%s:%d, upstream %s",
+        "api-router %s listening on %s:%d, upstream %s",
         __version__,
         config.host,
         port,
         app.backends.describe(),
     )
-    print(f"api-router listening on http://{config.host}:{port}", flush=True)
+    scheme = "https" if tls is not None else "http"
+    print(f"api-router listening on {scheme}://{config.host}:{port}", flush=True)
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

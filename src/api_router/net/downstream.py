@@ -15,12 +15,20 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from api_router import logs
 from api_router.cache import CachedResponse, MemoryCache
 from api_router.core.cache_key import cache_key
 from api_router.core.http import Framing, HeaderList, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
-from api_router.errors import ApiFlavor, BadRequest, GatewayError, PayloadTooLarge
-from api_router.limits import client_key
+from api_router.errors import (
+    ApiFlavor,
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
 from api_router.routing import Route, RouteKind, Target
@@ -29,7 +37,6 @@ if TYPE_CHECKING:
     from api_router.app import App
     from api_router.backends import BackendGroup
 
-_MAX_HEADER_BYTES = 64 * 1024
 _MAX_QUEUED = 16
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -83,6 +90,11 @@ class DownstreamProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._closed = False
         self._fetching = False  # a /v1/models answer is being fetched
+        limits = app.config.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self._last_data = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,10 +102,30 @@ class DownstreamProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self.app.connection_opened(self)
+        if len(self.app.connections) > self.app.config.limits.max_connections:
+            busy = ServiceUnavailable(
+                "too many connections to this router; retry shortly",
+                code="too_many_connections",
+                headers=(("Retry-After", "1"),),
+            )
+            self.send_error(busy, ApiFlavor.OPENAI, b"", keep_alive=False)
+            self._closed = True
+            return
+        self._arm(self.app.config.limits.keep_alive_timeout_secs)
 
     def data_received(self, data: bytes) -> None:
+        self._last_data = self.app.loop.time()
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            req = self._req
+            if self._closed:
+                return  # a callback already answered and closed
+            if req is not None and isinstance(req.error, HeadersTooLarge):
+                self._reject_and_close(req.error)
+            else:
+                logs.log.exception("request handling failed")
+                self._reject_and_close(GatewayError("internal error while reading the request"))
         except httptools.HttpParserUpgrade:
             self._reject_and_close(
                 BadRequest("protocol upgrades are not supported", code="upgrade_not_supported")
@@ -106,6 +138,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._disarm()
         self.app.connection_closed(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -125,16 +158,31 @@ class DownstreamProtocol(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._req = _Request(time.perf_counter())
+        # Slowloris: the whole head must arrive within headerTimeoutSecs of its first byte.
+        self._arm(self.app.config.limits.header_timeout_secs, absolute=True)
 
     def on_url(self, url: bytes) -> None:
-        assert self._req is not None
-        self._req.url += url
+        req = self._req
+        assert req is not None
+        req.url += url
+        req.header_bytes += len(url)
+        if req.header_bytes > self._max_header_bytes:
+            self._too_large(req, "request line and headers are too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._req
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
         req.headers.append((name.lower(), value))
+        if req.header_bytes > self._max_header_bytes:
+            self._too_large(req, f"request headers over {self._max_header_bytes} bytes")
+        elif len(req.headers) > self._max_headers:
+            self._too_large(req, f"more than {self._max_headers} request headers")
+
+    @staticmethod
+    def _too_large(req: _Request, message: str) -> None:
+        req.error = HeadersTooLarge(message)
+        raise req.error  # stops the parser; data_received answers 431 and closes
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -144,14 +192,25 @@ class DownstreamProtocol(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         req.request_id = _request_id(header_value(req.headers, b"x-request-id"))
+        self._arm(self.app.config.limits.body_timeout_secs)  # idle time allowed between body bytes
+        if parser.should_upgrade() or req.method == "CONNECT":
+            error = BadRequest("protocol upgrades and CONNECT are not supported", code="upgrade_not_supported")
+            self._reject_and_close(error)
+            raise error  # stop parsing: nothing after this head may be read as a request
+        transfer_encoding = header_value(req.headers, b"transfer-encoding")
+        if transfer_encoding is not None and transfer_encoding.strip().lower() != b"chunked":
+            # We decode no transfer coding but chunked; anything else must not reach the upstream.
+            error = BadRequest("unsupported Transfer-Encoding", code="unsupported_transfer_encoding")
+            self._reject_and_close(error)
+            raise error
         try:
+            if not req.url.startswith(b"/"):
+                raise BadRequest("only origin-form request targets (/path) are accepted", code="invalid_url")
             url = httptools.parse_url(req.url)
             req.path = url.path.decode()
             req.query = url.query or b""
-            if req.header_bytes > _MAX_HEADER_BYTES:
-                raise GatewayError("request headers are too large", code="headers_too_large")
             req.route = self.app.router.match(req.method, req.path)
-        except httptools.HttpParserInvalidURLError:
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
             req.error = BadRequest("invalid request target", code="invalid_url")
             return
         except GatewayError as error:
@@ -193,6 +252,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         req.complete = True
         req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
+        self._disarm()
         if req.forwarder is not None:
             req.forwarder.request_body_end()
             return
@@ -225,6 +285,12 @@ class DownstreamProtocol(asyncio.Protocol):
         elif route is RouteKind.CACHE_STATS:
             self._send_local(req, 200, b"application/json", self.app.cache_stats_body())
         elif isinstance(route, Route) and route.kind is RouteKind.MODELS:
+            try:
+                self._authorize(req, route, None)
+            except GatewayError as error:
+                self.send_error(error, route.flavor, req.request_id, req.keep_alive)
+                self.app.metrics.local_response(route.path, error.status)
+                return
             self._fetching = True
             spawn(self._answer_models(req, route))
         elif isinstance(route, Route) and route.kind is RouteKind.JSON:
@@ -238,11 +304,21 @@ class DownstreamProtocol(asyncio.Protocol):
     def _start_json(self, req: _Request, route: Route) -> None:
         try:
             prepared = self.app.router.prepare_json(route, bytes(req.body))
+            self._authorize(req, route, prepared.model)
         except GatewayError as error:
             self.send_error(error, route.flavor, req.request_id, req.keep_alive)
             self.app.metrics.local_response(route.path, error.status)
             return
         group = self.app.backends.group(prepared.group or route.backend_group)
+        if prepared.stream and self.app.metrics.active_streams >= self.app.config.limits.max_streams:
+            busy = ServiceUnavailable(
+                "too many open streams on this router; retry shortly",
+                code="too_many_streams",
+                headers=(("Retry-After", "1"),),
+            )
+            self.send_error(busy, route.flavor, req.request_id, req.keep_alive)
+            self.app.metrics.local_response(route.path, busy.status)
+            return
         cache = self.app.cache
         if cache is None or prepared.stream or not self.app.cacheable(prepared.body):
             self._begin(req, route, body=prepared.raw, streaming=prepared.stream, group=group)
@@ -292,7 +368,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self._closed = True
             self.transport.close()
 
+    def _authorize(self, req: _Request, route: Route, model: str | None) -> None:
+        """Gateway access control (when ``clients`` are configured): 401 or 403, else nothing."""
+        client = self.app.client_of(req.headers)
+        if client is not None:
+            self.app.access.authorize(client, route.path, model)
+
     def _start_streamed(self, req: _Request, route: Route, length: int | None) -> None:
+        try:
+            self._authorize(req, route, None)  # a multipart model is only known once streamed
+        except GatewayError as error:
+            self._reject_and_close(error, route.flavor)
+            return
         rewriter = None
         if route.kind is RouteKind.MULTIPART:
             boundary = boundary_from_content_type(
@@ -340,7 +427,7 @@ class DownstreamProtocol(asyncio.Protocol):
             group=group,
             cache_key=cache_key,
             x_cache=x_cache,
-            client_key=client_key(headers, peer) if self.app.needs_admission(route, streaming) else None,
+            client_key=self.app.admission_key(route, streaming, headers, peer),
         )
         self.exchange = forwarder
         self.transport.set_write_buffer_limits(high=route.buffer_size)
@@ -395,6 +482,42 @@ class DownstreamProtocol(asyncio.Protocol):
         self._closed = True
         self.transport.close()
 
+    # -- timers -------------------------------------------------------------------------
+    def _arm(self, seconds: float, absolute: bool = False) -> None:
+        """One timer per connection: keep-alive idle, head deadline, or body idle time."""
+        if self._timer is not None:
+            self._timer.cancel()
+        start = self.app.loop.time()
+        self._timer = self.app.loop.call_at(start + seconds, self._on_timer, seconds, absolute, start)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self, seconds: float, absolute: bool, start: float) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.app.loop.time()
+        if not absolute and self._last_data > start and now - self._last_data < seconds:
+            # Data arrived since: wait for the rest of the idle period (one re-arm, not one per read).
+            self._timer = self.app.loop.call_at(
+                self._last_data + seconds, self._on_timer, seconds, False, start
+            )
+            return
+        req = self._req
+        if req is None and self.exchange is None and not self._fetching:
+            self._closed = True
+            self.transport.close()  # idle keep-alive connection
+        elif req is not None and req.forwarder is None and self.exchange is None:
+            self._reject_and_close(RequestTimeout("the request was not received in time"))
+        elif req is not None and req.forwarder is not None:
+            self._closed = True
+            self.transport.close()  # an upload stalled mid-body: closing ends its upstream exchange too
+        else:
+            self._arm(seconds)  # an exchange is running; its own watchdog guards the upstream
+
     def exchange_finished(self, forwarder: Forwarder, keep_alive: bool) -> None:
         if self.exchange is forwarder:
             self.exchange = None
@@ -407,6 +530,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._closed = True
             self.transport.close()
             return
+        self._arm(self.app.config.limits.keep_alive_timeout_secs)
         self._dispatch()
 
     def close_if_idle(self) -> None:

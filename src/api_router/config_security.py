@@ -1,0 +1,208 @@
+"""Config models for who may call the router, client-facing TLS and server limits.
+
+``clients`` turns on access control (``core/access.py``): each client has one key, given as its
+SHA-256 (``keySha256``) or as the name of an environment variable holding it (``keyEnv``, hashed
+at load; the plain key is never kept). ``tls`` makes the router serve HTTPS. ``limits`` bounds
+what one connection or the whole process may hold.
+
+``config.py`` imports this module, so this one cannot import ``config`` while loading: it has
+its own copy of the model base, reuses config's env-name check at call time, and at run time
+names ``RateLimitConfig`` through a stand-in that imports it when pydantic first builds
+``ClientConfig`` (deferred until then), by which time config has defined it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import CoreSchema, PydanticCustomError
+
+from api_router.core.access import AccessControl, ClientPolicy
+
+if TYPE_CHECKING:
+    from api_router.config import Config, RateLimitConfig
+else:
+
+    class RateLimitConfig:
+        """Stands in for ``config.RateLimitConfig`` (see the module docstring)."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+            from api_router.config import RateLimitConfig  # noqa: PLC0415 - see module docstring
+
+            return handler(RateLimitConfig)
+
+
+__all__ = ["ClientConfig", "Clients", "LimitsConfig", "TlsConfig", "access_control"]
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class _Model(BaseModel):
+    # Same settings as config._Model (see the module docstring for why it is a copy).
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        allow_inf_nan=False,
+    )
+
+
+def _route(path: str) -> str:
+    if not path.startswith("/"):
+        raise PydanticCustomError("route", "a route must start with '/'")
+    return path
+
+
+def _model_name(name: str) -> str:
+    if not name:
+        raise PydanticCustomError("model", "a model name must not be empty")
+    return name
+
+
+class ClientConfig(_Model):
+    """One caller of the router; null ``routes``/``models`` mean all of them."""
+
+    model_config = ConfigDict(defer_build=True)  # see the module docstring
+    name: str = Field(min_length=1)
+    key_sha256: str | None = Field(default=None, repr=False)
+    key_env: str | None = None
+    routes: list[Annotated[str, AfterValidator(_route)]] | None = None
+    models: list[Annotated[str, AfterValidator(_model_name)]] | None = None
+    rate_limit: RateLimitConfig | None = None
+
+    _key_hash: bytes = PrivateAttr(default=b"")
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        # The message must not echo the value: it may be the plain key pasted in by mistake.
+        if value is not None and not _SHA256_HEX.fullmatch(value):
+            raise PydanticCustomError(
+                "key_sha256", "must be the SHA-256 of the key as 64 hex digits, not the key itself"
+            )
+        return None if value is None else value.lower()
+
+    @field_validator("key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        from api_router.config import _ENV_NAME  # noqa: PLC0415 - see module docstring
+
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "key_env",
+                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _hash_key(self) -> ClientConfig:
+        """Exactly one key source; ``$keyEnv`` is read and hashed now, so only the digest is kept."""
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise PydanticCustomError("client_key", "set exactly one of keySha256 and keyEnv")
+        if self.key_sha256 is not None:
+            self._key_hash = bytes.fromhex(self.key_sha256)
+            return self
+        assert self.key_env is not None
+        key = os.environ.get(self.key_env, "").strip()
+        if not key:
+            raise PydanticCustomError(
+                "client_key", "keyEnv: ${env} is not set or empty", {"env": self.key_env}
+            )
+        self._key_hash = hashlib.sha256(key.encode()).digest()
+        return self
+
+    @property
+    def key_hash(self) -> bytes:
+        """The SHA-256 digest of the client's key."""
+        return self._key_hash
+
+    def policy(self) -> ClientPolicy:
+        """The pure-core view of this client, for ``AccessControl``."""
+        return ClientPolicy(
+            name=self.name,
+            key_hash=self._key_hash,
+            routes=None if self.routes is None else frozenset(self.routes),
+            models=None if self.models is None else frozenset(self.models),
+            rate_limit=self.rate_limit,
+        )
+
+
+def _unique_clients(clients: list[ClientConfig]) -> list[ClientConfig]:
+    """Names identify clients in logs and metrics; a shared key would make one unreachable."""
+    names: dict[str, int] = {}
+    keys: dict[bytes, str] = {}
+    for index, client in enumerate(clients):
+        if client.name in names:
+            raise PydanticCustomError(
+                "client_name",
+                "clients {first} and {second} are both named {name}",
+                {"first": names[client.name], "second": index, "name": repr(client.name)},
+            )
+        names[client.name] = index
+        other = keys.setdefault(client.key_hash, client.name)
+        if other != client.name:
+            raise PydanticCustomError(
+                "client_key",
+                "clients {first} and {second} have the same key",
+                {"first": repr(other), "second": repr(client.name)},
+            )
+    return clients
+
+
+Clients = Annotated[list[ClientConfig], AfterValidator(_unique_clients)]
+
+
+class TlsConfig(_Model):
+    """Serve HTTPS with this PEM certificate chain and private key."""
+
+    cert_file: str
+    key_file: str
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _existing_file(cls, value: str, info: ValidationInfo) -> str:
+        """Relative to the config file's directory (like ``upstreamTls.caFile``); checked now."""
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        path = (Path(base) / Path(value).expanduser()).resolve()
+        if not path.is_file():
+            raise PydanticCustomError("tls_file", "no such file: {path}", {"path": str(path)})
+        return str(path)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveSecs = Annotated[float, Field(gt=0)]
+
+
+class LimitsConfig(_Model):
+    """Server hardening: bounds on one request head, connections, streams and idle time."""
+
+    max_header_bytes: PositiveInt = 65536
+    max_headers: PositiveInt = 100
+    max_connections: PositiveInt = 10000
+    max_streams: PositiveInt = 5000
+    keep_alive_timeout_secs: PositiveSecs = 75.0
+    header_timeout_secs: PositiveSecs = 10.0
+    body_timeout_secs: PositiveSecs = 60.0
+
+
+def access_control(config: Config) -> AccessControl:
+    """The ``AccessControl`` for ``config.clients``; disabled when there are none."""
+    return AccessControl([client.policy() for client in config.clients])
