@@ -70,7 +70,7 @@ def test_two_routers_share_one_redis_limit_exactly(upstream):
     with RedisServer() as redis:
         config = {
             "baseUrl": upstream.url,
-            "rateLimit": {"requestsPerMinute": 60, "burst": 5, "redis": redis.url},
+            "rateLimit": {"requestsPerMinute": 60, "burst": 5, "redis": redis.url, "timeoutMs": 2000},
         }
         with RouterProcess(config) as one, RouterProcess(config) as two:
             urls = [one.url, two.url] * 8
