@@ -194,7 +194,9 @@ class DownstreamProtocol(asyncio.Protocol):
         req.request_id = _request_id(header_value(req.headers, b"x-request-id"))
         self._arm(self.app.config.limits.body_timeout_secs)  # idle time allowed between body bytes
         if parser.should_upgrade() or req.method == "CONNECT":
-            error = BadRequest("protocol upgrades and CONNECT are not supported", code="upgrade_not_supported")
+            error = BadRequest(
+                "protocol upgrades and CONNECT are not supported", code="upgrade_not_supported"
+            )
             self._reject_and_close(error)
             raise error  # stop parsing: nothing after this head may be read as a request
         transfer_encoding = header_value(req.headers, b"transfer-encoding")
