@@ -19,6 +19,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report
+from bench.loadgen import ProcTree
 from bench.targets import NGINX_HINT, Fleet, Target, nginx_available, raise_fd_limit
 from bench.workloads import ALL, FRESH, FULL, SMOKE, STEADY, Outcome, Sizes, Upstream, Workloads
 
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency of the router
 
 HERE = Path(__file__).resolve().parent
 FD_MARGIN = 256  # descriptors a proxy needs besides two per stream
+IDLE_CPU_S = 0.02  # a proxy that used at most this much CPU in 0.5 s is idle
 ROUTER_TARGETS = ("direct", "router", "router+features")
 
 
@@ -105,9 +107,22 @@ class Bench:
         self.results.add(workload, target, rep, figures, rep_)
         print(f"  {workload:<11} {target:<16} {_summary(workload, figures, rep_)}", flush=True)
 
-    def settle(self, upstream: Upstream) -> None:
+    def settle(self, upstream: Upstream, target: Target | None = None) -> None:
+        """Before the next run: no stream active upstream, and the proxy just measured is idle
+        (LiteLLM goes on working for a while after its clients are gone)."""
         if not self.runner.run(upstream.wait_idle(self.sizes.settle_s)):
             print("  (warning: upstream streams still active; the next run may be skewed)", flush=True)
+        if target is not None and target.pid is not None and not self.args.smoke:
+            tree = ProcTree([target.pid])
+            deadline = time.monotonic() + self.sizes.settle_s
+            cpu = tree.sample()[0]
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                now = tree.sample()[0]
+                if now - cpu <= IDLE_CPU_S:
+                    return
+                cpu = now
+            print(f"  (warning: {target.name} still busy; the next run may be skewed)", flush=True)
 
     def run(self) -> int:
         wl = self.args.workloads
@@ -124,8 +139,9 @@ class Bench:
             for workload in steady:
                 print(f"[rep {rep + 1}/{reps}] {workload}", flush=True)
                 for name in self.targets_for(workload, rep):
-                    self.record(workload, name, rep, self.runner.run(work.get(workload)(self.live[name])))
-                    self.settle(upstream)
+                    target = self.live[name]
+                    self.record(workload, name, rep, self.runner.run(work.get(workload)(target)))
+                    self.settle(upstream, target)
         for name in list(self.live):
             if name != "direct":
                 self.fleet.stop(name)
@@ -195,8 +211,10 @@ class Bench:
         if failed_all:
             print(f"\n{failed_all} failed requests ({failed_router} router or direct); the first ones:")
             for r in self.results.records:
+                if r["report"]["failed"]:
+                    print(f"  {r['workload']} {r['target']} rep {r['rep'] + 1}: {r['report']['errors']}")
                 for line in r["report"]["first_errors"]:
-                    print(f"  {r['workload']} {r['target']}: {line}")
+                    print(f"    {line}")
         if self.args.smoke:
             print("smoke: " + ("FAILED" if failed_all else "ok (correctness only; timings not checked)"))
             return 1 if failed_all else 0

@@ -105,6 +105,8 @@ class App:
         self.pool.configure(
             ssl_context=make_ssl_context(tls.verify, tls.ca_file) if https else None,
             connect_timeout=config.timeouts.connect_secs,
+            max_idle_per_origin=config.pool.max_idle_per_backend,
+            idle_timeout=config.pool.idle_timeout_secs,
         )
         self.read_timeout = config.timeouts.read_secs
         self.max_body_bytes = config.max_body_bytes

@@ -152,3 +152,26 @@ def test_expect_100_continue(make_router):
     final = resp.next_response()
     assert final.status == 200
     assert final.json()["data"]
+
+
+def test_chunked_upload_over_the_multipart_limit_is_refused(make_router):
+    router = make_router({"maxMultipartBytes": 4096})
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=10)
+    head = (
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n"
+    )
+    part = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    sock.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+    reply = b""
+    try:
+        for _ in range(10):  # 10 KiB: over the limit without any Content-Length to announce it
+            sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b'"code":"request_too_large"' in reply

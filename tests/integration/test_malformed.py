@@ -95,6 +95,15 @@ CASES = [
     Case(
         "te_chunked_identity", head(CT, b"Transfer-Encoding: chunked, identity") + CHUNKED_BODY, (400,), True
     ),
+    # (not in the list, same rule: a framing the router does not fully own is refused)
+    Case("content_length_plus_sign", head(CT, b"Content-Length: +%d" % len(BODY)) + BODY, (400,), True),
+    Case(
+        "te_split_over_two_lines",
+        head(CT, TE, b"Transfer-Encoding: gzip") + CHUNKED_BODY,
+        (400,),
+        True,
+    ),
+    Case("te_xchunked", head(CT, b"Transfer-Encoding: xchunked") + CHUNKED_BODY, (400,), True),
     # -- header syntax ------------------------------------------------------------------------
     Case("obs_fold", head(CT, CL, b"X-Folded: first", b" continued") + BODY, (400,), True),
     Case("space_before_colon", head(CT, CL, b"X-Spaced : value") + BODY, (400,), True),

@@ -45,6 +45,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class _Request:
     __slots__ = (
         "body",
+        "body_bytes",
         "complete",
         "error",
         "forwarder",
@@ -71,6 +72,7 @@ class _Request:
         self.route: Route | RouteKind | None = None
         self.error: GatewayError | None = None
         self.body = bytearray()
+        self.body_bytes = 0
         self.forwarder: Forwarder | None = None
         self.complete = False
         self.keep_alive = True
@@ -236,15 +238,17 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self._req
         if req is None or req.error is not None:
             return
-        if req.forwarder is not None:
-            req.forwarder.request_body(body)
-            return
-        req.body += body
+        req.body_bytes += len(body)
         route = req.route
         limit = self.app.max_multipart_bytes
         if isinstance(route, Route) and route.kind is RouteKind.JSON:
             limit = self.app.max_body_bytes
-        if len(req.body) > limit:
+        if req.forwarder is not None and req.body_bytes <= limit:
+            req.forwarder.request_body(body)
+            return
+        if req.forwarder is None:
+            req.body += body
+        if req.body_bytes > limit:  # also catches chunked bodies, which announce no length
             flavor = route.flavor if isinstance(route, Route) else ApiFlavor.OPENAI
             self._reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), flavor)
 
@@ -477,8 +481,8 @@ class DownstreamProtocol(asyncio.Protocol):
         """For input we stop reading: answer once, then close (the parser state is unusable)."""
         req = self._req
         if req is not None and req.forwarder is not None:
-            return  # a streamed body is already upstream: the exchange ends it
-        if self.exchange is None:
+            req.forwarder.fail(error)  # answers if nothing was sent yet, and closes its upstream
+        elif self.exchange is None:
             self.send_error(error, flavor, req.request_id if req else b"", keep_alive=False)
             self.app.metrics.local_response(req.path if req else "-", error.status)
         self._closed = True

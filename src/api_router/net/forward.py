@@ -362,7 +362,11 @@ class Forwarder:
 
     def shut_down(self) -> None:
         """The drain timeout passed: end this exchange the way a failed upstream would."""
-        self._apply(self.state.upstream_failed(ServiceUnavailable("the router is shutting down")))
+        self.fail(ServiceUnavailable("the router is shutting down"))
+
+    def fail(self, error: GatewayError) -> None:
+        """End the exchange with ``error``: a whole error response if nothing was sent yet."""
+        self._apply(self.state.upstream_failed(error))
 
     # -- timers -------------------------------------------------------------------------
     def _on_tick(self) -> None:

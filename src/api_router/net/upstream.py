@@ -218,10 +218,19 @@ class UpstreamPool:
         self.opened += 1
         return conn
 
-    def configure(self, *, ssl_context: ssl.SSLContext | None, connect_timeout: float) -> None:
+    def configure(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        connect_timeout: float,
+        max_idle_per_origin: int,
+        idle_timeout: float,
+    ) -> None:
         """New settings (a reload) apply to new connections; pooled ones stay valid."""
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed or conn.listener is not None:
