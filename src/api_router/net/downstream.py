@@ -190,7 +190,7 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         parser = self.parser
-        req.method = parser.get_method().decode()
+        req.method = parser.get_method().decode("ascii")
         self.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         req.request_id = _request_id(header_value(req.headers, b"x-request-id"))
@@ -389,7 +389,7 @@ class DownstreamProtocol(asyncio.Protocol):
         rewriter = None
         if route.kind is RouteKind.MULTIPART:
             boundary = boundary_from_content_type(
-                (header_value(req.headers, b"content-type") or b"").decode()
+                (header_value(req.headers, b"content-type") or b"").decode("latin-1")
             )
             if boundary is not None:
                 rewriter = MultipartModelRewriter(boundary, self.app.router.model_names())
