@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report
-from bench.loadgen import ProcTree
+from bench.measure import ProcTree
 from bench.targets import NGINX_HINT, Fleet, Target, nginx_available, raise_fd_limit
 from bench.workloads import ALL, FRESH, FULL, SMOKE, STEADY, Outcome, Sizes, Upstream, Workloads
 

@@ -11,122 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import re
 import socket
 import time
 from array import array
-from dataclasses import dataclass
 from typing import Any, cast
 
 import httptools
 
+from bench.measure import ProcTree, ms_summary
+from bench.spec import GOOD, LoadSpec, Req, request_bytes
+
 TOKEN_RE = re.compile(rb'"(?:content|text)": ?"t(\d{8})')
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLOW_RCVBUF = 64 * 1024
-GOOD = ("ok", "aborted", "cut")
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The stream the mock upstream is asked for (see api_router.mock_upstream)."""
-
-    tokens: int
-    interval_ms: float = 0.0
-    payload: int = 16
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    host: str
-    port: int
-    shape: Shape
-    run_id: str
-    streams: int = 1  # concurrent connections
-    requests_per_conn: int = 1  # sequential keep-alive requests on each
-    abort_after: int = 0  # close the connection after K token events
-    slow_bps: float = 0.0  # read each response at about this many bytes/s
-    hold_s: float = 0.0  # hold all streams open this long once all have a token, then cut
-    duration_s: float = 120.0  # bound for the whole run; streams still open then fail ("timeout")
-    cut_at_deadline: bool = False  # ... or count as cut (the slow reader stops after duration_s)
-    connect_parallel: int = 256
-    path: str = "/v1/chat/completions"
-    model: str = "bench-gpt"
-    api_key: str = "sk-bench"
-
-
-class Req:
-    __slots__ = ("aborted_at", "detail", "outcome", "req_id", "status", "t_write", "tokens", "ttft")
-
-    def __init__(self, req_id: str) -> None:
-        self.req_id = req_id
-        self.outcome = "pending"  # ok | aborted | cut | <failure reason>
-        self.status = 0
-        self.t_write = 0.0
-        self.ttft: float | None = None
-        self.tokens = 0
-        self.aborted_at: float | None = None
-        self.detail = ""
-
-
-def request_bytes(spec: LoadSpec, req_id: str) -> bytes:
-    s = spec.shape
-    mock = {"tokens": s.tokens, "interval_ms": s.interval_ms, "payload": s.payload, "req_id": req_id}
-    text = "Say hello. MOCK" + json.dumps(mock, separators=(",", ":"))
-    messages = [{"role": "user", "content": text}]
-    body = {"model": spec.model, "stream": True, "messages": messages, "mock": mock}
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    head = (
-        f"POST {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\nContent-Type: application/json\r\n"
-        f"Accept: text/event-stream\r\nAuthorization: Bearer {spec.api_key}\r\n"
-        f"Content-Length: {len(raw)}\r\nConnection: keep-alive\r\n\r\n"
-    )
-    return head.encode() + raw
-
-
-class ProcTree:
-    """CPU seconds (utime+stime) and VmRSS of some processes and all their descendants."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.roots = pids
-        self.peak_rss_kb = 0
-
-    def pids(self) -> set[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat", "rb") as f:
-                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry))
-        found: set[int] = set()
-        todo = list(self.roots)
-        while todo:
-            pid = todo.pop()
-            if pid not in found:
-                found.add(pid)
-                todo.extend(children.get(pid, ()))
-        return found
-
-    def sample(self) -> tuple[float, int]:
-        cpu, rss = 0.0, 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                with open(f"/proc/{pid}/status", "rb") as f:
-                    status = f.read()
-            except OSError:
-                continue
-            cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
-            at = status.find(b"VmRSS:")
-            if at >= 0:
-                rss += int(status[at + 6 :].split(None, 1)[0])
-        self.peak_rss_kb = max(self.peak_rss_kb, rss)
-        return cpu, rss
 
 
 class _Run:
@@ -365,20 +262,9 @@ async def _worker(run: _Run, wid: int, sem: asyncio.Semaphore, deadline: float) 
         conn.close()
 
 
-def pct(values: Any, q: float) -> float | None:
-    """Nearest-rank percentile of a sequence (None when empty)."""
-    if not len(values):
-        return None
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))])
-
-
-def ms_summary(values: Any) -> dict[str, float | None]:
-    def r(v: float | None) -> float | None:
-        return None if v is None else round(v * 1000, 3)
-
-    top = max(values) if len(values) else None
-    return {"p50": r(pct(values, 50)), "p99": r(pct(values, 99)), "max": r(top)}
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: float = 0.2) -> dict[str, Any]:
@@ -396,6 +282,7 @@ async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: floa
             await asyncio.sleep(sample_s)
             tree.sample()
 
+    writes0 = tree.write_syscalls() if tree is not None else None
     mark("before")
     t0 = time.monotonic()
     deadline = t0 + spec.duration_s
@@ -405,6 +292,7 @@ async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: floa
         sampling = tg.create_task(sampler())
         workers = [tg.create_task(_worker(run, w, sem, deadline)) for w in range(spec.streams)]
         all_done = asyncio.gather(*workers)
+        all_done.add_done_callback(_retrieve)  # cancelled on Ctrl-C: nothing to log
 
         async def watch_window() -> None:
             await run.all_started.wait()
@@ -434,9 +322,13 @@ async def run_load(spec: LoadSpec, pids: list[int] | None = None, sample_s: floa
             await all_done
         wall = time.monotonic() - t0
         mark("after")
+        writes1 = tree.write_syscalls() if tree is not None else None
         sampling.cancel()
         window.cancel()
-    return _report(spec, run, wall, tree, marks, hold)
+    report = _report(spec, run, wall, tree, marks, hold)
+    if writes0 is not None and writes1 is not None and "proc" in report:
+        report["proc"]["write_syscalls"] = writes1 - writes0
+    return report
 
 
 def _report(
@@ -499,25 +391,3 @@ def _report(
     if hold:
         out["hold"] = hold
     return out
-
-
-async def http_json(host: str, port: int, method: str, path: str, limit_s: float = 30.0) -> Any:
-    """A tiny HTTP/1.1 client for the mock's control endpoints (Connection: close)."""
-
-    async def go() -> Any:
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 24)
-        try:
-            writer.write(
-                f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            raw = await reader.read()
-        finally:
-            writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        if status != 200:
-            raise RuntimeError(f"{method} {path}: HTTP {status}: {body[:200]!r}")
-        return json.loads(body)
-
-    return await asyncio.wait_for(go(), limit_s)

@@ -24,6 +24,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("cpu_us_per_event", "CPU µs/event", RATIO),
         ("events_per_s", "events/s", RATIO),
         ("cpu_s", "CPU s", ""),
+        ("writes_per_event", "write calls/event", RATIO),
     ],
     "paced": [
         ("cpu_pct", "CPU %", RATIO),
@@ -37,6 +38,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("ttft_p99_ms", "TTFT p99 ms", ""),
         ("ttft_p50_ms", "p50 added ms", MINUS_DIRECT),
         ("ttft_p99_ms", "p99 added ms", MINUS_DIRECT),
+        ("cpu_ms_per_request", "CPU ms/request", RATIO),
     ],
     "hold": [
         ("streams", "streams", ""),

@@ -8,13 +8,16 @@ an HTTP error, a timeout, an upstream that never saw a close) are in ``report["f
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bench.loadgen import LoadSpec, Shape, http_json, pct, run_load
+from bench.loadgen import run_load
+from bench.measure import pct
+from bench.spec import LoadSpec, Shape
 from bench.targets import Target
 
 Figures = dict[str, Any]
@@ -69,6 +72,28 @@ SMOKE = Sizes(
 STEADY = ("chunk", "features", "paced", "ttft", "disconnect")  # long-lived proxies, interleaved per rep
 FRESH = ("hold", "slow")  # the proxy is started fresh before each run and stopped after it
 ALL = (*STEADY, *FRESH)
+
+
+async def http_json(host: str, port: int, method: str, path: str, limit_s: float = 30.0) -> Any:
+    """A tiny HTTP/1.1 client for the mock's control endpoints (Connection: close)."""
+
+    async def go() -> Any:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 24)
+        try:
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 0\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        if status != 200:
+            raise RuntimeError(f"{method} {path}: HTTP {status}: {body[:200]!r}")
+        return json.loads(body)
+
+    return await asyncio.wait_for(go(), limit_s)
 
 
 class Upstream:
@@ -160,10 +185,12 @@ class Workloads:
         shape = Shape(self._events(target, z.chunk_events), 0.0, z.chunk_payload)
         report = await self._load(target, self._spec(target, shape, streams=z.chunk_streams))
         proc = report.get("proc", {})
+        writes = proc.get("write_syscalls")
         return {
             "cpu_us_per_event": proc.get("cpu_us_per_event"),
             "events_per_s": report["events_per_s"],
             "cpu_s": proc.get("cpu_s"),
+            "writes_per_event": None if writes is None else round(writes / max(1, report["events"]), 3),
         }, report
 
     async def paced(self, target: Target) -> Outcome:
@@ -184,7 +211,12 @@ class Workloads:
         z = self.sizes
         spec = self._spec(target, Shape(z.ttft_tokens, 0.0, 16), requests_per_conn=z.ttft_requests)
         report = await self._load(target, spec)
-        return {"ttft_p50_ms": report["ttft_ms"]["p50"], "ttft_p99_ms": report["ttft_ms"]["p99"]}, report
+        cpu = report.get("proc", {}).get("cpu_s")
+        return {
+            "ttft_p50_ms": report["ttft_ms"]["p50"],
+            "ttft_p99_ms": report["ttft_ms"]["p99"],
+            "cpu_ms_per_request": None if cpu is None else round(cpu * 1000 / z.ttft_requests, 3),
+        }, report
 
     async def disconnect(self, target: Target) -> Outcome:
         """6: 100 paced streams closed by the client after 3 events: when does the upstream see it?"""

@@ -61,7 +61,7 @@ class Case:
     status: tuple[int, ...]  # acceptable status codes
     close: bool | None  # True: must be closed after; False: must stay usable; None: either
     code: str | None = None  # expected error.code, when the promise names one
-    may_forward: bool = False  # only for a 2xx answer (duplicate equal Content-Length)
+    may_forward: bool = False  # the router may pass it on (then the upstream's answer comes back)
 
 
 CL = b"Content-Length: %d" % len(BODY)
@@ -286,8 +286,9 @@ def test_malformed_request(case: Case, router: RouterProcess, upstream: Upstream
         if case.code is not None:
             assert json.loads(answer.body)["error"]["code"] == case.code, observed
         assert not answer.rest, f"bytes after the response: {answer.rest[:200]!r}"
-        is_2xx = 200 <= answer.status < 300
-        if not (case.may_forward and is_2xx):
+        from_upstream = "x-mock-conn-id" in answer.headers  # the mock's header, relayed
+        assert case.may_forward or not from_upstream, f"this request must not be forwarded: {observed}"
+        if not from_upstream:  # the router's own answer: it refused, so nothing went upstream
             assert not forwarded(upstream, request_id), "a rejected request reached the upstream"
             assert not upstream.requests(), "nothing at all may reach the upstream for this request"
         if case.close is None:
