@@ -275,13 +275,16 @@ class DownstreamProtocol(asyncio.Protocol):
         if not self._queue:
             self.resume_reading()
 
+    def _refuse(self, req: _Request, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
+        """Answer a request the router itself turned down (the connection stays usable)."""
+        self.send_error(error, flavor, req.request_id, req.keep_alive)
+        self.app.metrics.local_response(req.path, error.status)
+
     def _handle(self, req: _Request) -> None:
         route = req.route
         if req.error is not None or route is None:
             flavor = route.flavor if isinstance(route, Route) else ApiFlavor.OPENAI
-            error = req.error or BadRequest("bad request")
-            self.send_error(error, flavor, req.request_id, req.keep_alive)
-            self.app.metrics.local_response(req.path, error.status)
+            self._refuse(req, req.error or BadRequest("bad request"), flavor)
             return
         if route is RouteKind.HEALTH:
             self._send_local(req, 200, b"application/json", self.app.health_body())
@@ -294,8 +297,7 @@ class DownstreamProtocol(asyncio.Protocol):
             try:
                 self._authorize(req, route, None)
             except GatewayError as error:
-                self.send_error(error, route.flavor, req.request_id, req.keep_alive)
-                self.app.metrics.local_response(route.path, error.status)
+                self._refuse(req, error, route.flavor)
                 return
             self._fetching = True
             spawn(self._answer_models(req, route))
@@ -303,17 +305,16 @@ class DownstreamProtocol(asyncio.Protocol):
             self._start_json(req, route)
         elif isinstance(route, Route):  # a streamed-body route that had to wait its turn
             self._start_streamed(req, route, len(req.body))
-            assert req.forwarder is not None
-            req.forwarder.request_body(bytes(req.body))
-            req.forwarder.request_body_end()
+            if req.forwarder is not None:  # None: refused (and answered) by access control
+                req.forwarder.request_body(bytes(req.body))
+                req.forwarder.request_body_end()
 
     def _start_json(self, req: _Request, route: Route) -> None:
         try:
             prepared = self.app.router.prepare_json(route, bytes(req.body))
             self._authorize(req, route, prepared.model)
         except GatewayError as error:
-            self.send_error(error, route.flavor, req.request_id, req.keep_alive)
-            self.app.metrics.local_response(route.path, error.status)
+            self._refuse(req, error, route.flavor)
             return
         group = self.app.backends.group(prepared.group or route.backend_group)
         if prepared.stream and self.app.metrics.active_streams >= self.app.config.limits.max_streams:
@@ -322,8 +323,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 code="too_many_streams",
                 headers=(("Retry-After", "1"),),
             )
-            self.send_error(busy, route.flavor, req.request_id, req.keep_alive)
-            self.app.metrics.local_response(route.path, busy.status)
+            self._refuse(req, busy, route.flavor)
             return
         cache = self.app.cache
         if cache is None or prepared.stream or not self.app.cacheable(prepared.body):
