@@ -42,6 +42,7 @@ from api_router.config_backends import (
     ModelTarget,
     PoolConfig,
     check_backend_references,
+    env_var_name,
     http_url,
     implicit_group,
 )
@@ -71,7 +72,6 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # Framing and hop-by-hop headers are the router's own business; a configured copy would
 # corrupt the upstream request instead of customising it.
@@ -272,13 +272,7 @@ class Config(_Model):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        # The message must not echo the value: it may be a key pasted in by mistake.
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise PydanticCustomError(
-                "api_key_env",
-                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
-            )
-        return value
+        return env_var_name(value, "api_key_env")
 
     @field_validator("log_level")
     @classmethod

@@ -11,6 +11,7 @@ its own copy of the model base, and reuses config's header and env-name checks a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -61,6 +62,19 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         allow_inf_nan=False,
     )
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def env_var_name(value: str | None, error_type: str) -> str | None:
+    """An ``…Env`` field names a variable; the message never echoes a key pasted in by mistake."""
+    if value is not None and not ENV_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            error_type,
+            "must be the name of an environment variable (letters, digits, '_'), not the key itself",
+        )
+    return value
 
 
 def http_url(value: str, error_type: str = "url") -> str:
@@ -116,15 +130,7 @@ class BackendConfig(_Model):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        from api_router.config import _ENV_NAME  # noqa: PLC0415 - see module docstring
-
-        # The message must not echo the value: it may be a key pasted in by mistake.
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise PydanticCustomError(
-                "api_key_env",
-                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
-            )
-        return value
+        return env_var_name(value, "api_key_env")
 
     @model_validator(mode="after")
     def _read_key(self) -> BackendConfig:

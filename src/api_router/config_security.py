@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema, PydanticCustomError
 
+from api_router.config_backends import env_var_name
 from api_router.core.access import AccessControl, ClientPolicy
 
 if TYPE_CHECKING:
@@ -103,14 +104,7 @@ class ClientConfig(_Model):
     @field_validator("key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
-        from api_router.config import _ENV_NAME  # noqa: PLC0415 - see module docstring
-
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            raise PydanticCustomError(
-                "key_env",
-                "must be the name of an environment variable (letters, digits, '_'), not the key itself",
-            )
-        return value
+        return env_var_name(value, "key_env")
 
     @model_validator(mode="after")
     def _hash_key(self) -> ClientConfig:
