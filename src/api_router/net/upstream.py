@@ -41,6 +41,7 @@ class ResponseListener(Protocol):
 
     def upstream_head(self, status: int, headers: HeaderList) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
+    def upstream_flush(self) -> None: ...
     def upstream_done(self, keep_alive: bool) -> None: ...
     def upstream_lost(self, exc: BaseException | None) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
@@ -71,10 +72,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
+        listener = self.listener
         try:
             self.parser.feed_data(self._view[:nbytes])
         except httptools.HttpParserError as exc:
             self._fail(UpstreamUnreachable(f"upstream {self.origin} sent invalid HTTP: {exc}"))
+        if listener is not None:
+            listener.upstream_flush()  # one downstream write per upstream read
 
     def eof_received(self) -> bool:
         return False
@@ -290,6 +294,9 @@ class _Collector:
         self.body += data
         if len(self.body) > self.limit and not self.future.done():
             self.future.set_exception(UpstreamUnreachable("upstream response too large"))
+
+    def upstream_flush(self) -> None:
+        pass
 
     def upstream_done(self, keep_alive: bool) -> None:
         self.keep_alive = keep_alive
