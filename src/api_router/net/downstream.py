@@ -88,7 +88,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.http11 = True
         self.exchange: Forwarder | None = None
         self._req: _Request | None = None
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[_Request] | None = None  # pipelined requests; made on first use (~0.4 KB)
         self._reading_paused = False
         self._closed = False
         self._fetching = False  # a /v1/models answer is being fetched
@@ -262,6 +262,11 @@ class DownstreamProtocol(asyncio.Protocol):
         if req.forwarder is not None:
             req.forwarder.request_body_end()
             return
+        if self._queue is None and self.exchange is None and not self._fetching:
+            self._handle(req)  # the common case: nothing is waiting, so no queue is needed
+            return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(req)
         if len(self._queue) > _MAX_QUEUED:
             self.pause_reading()
@@ -269,10 +274,11 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # -- dispatch -----------------------------------------------------------------------
     def _dispatch(self) -> None:
-        while self.exchange is None and not self._fetching and self._queue and not self._closed:
-            req = self._queue.popleft()
-            self._handle(req)
-        if not self._queue:
+        queue = self._queue
+        while self.exchange is None and not self._fetching and queue and not self._closed:
+            self._handle(queue.popleft())
+        if not queue:
+            self._queue = None
             self.resume_reading()
 
     def _refuse(self, req: _Request, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
@@ -567,7 +573,8 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def __repr__(self) -> str:
-        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={len(self._queue)}>"
+        queued = len(self._queue or ())
+        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={queued}>"
 
 
 def _request_id(client_value: bytes | None) -> bytes:

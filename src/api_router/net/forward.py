@@ -43,11 +43,65 @@ if TYPE_CHECKING:
 
 _STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+def _NO_HEAD(target: Target, length: int | None) -> bytes:
+    raise AssertionError("the request head is sent only before the response starts")
+
+
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
 
 
 class Forwarder:
     """One exchange. Created by the downstream protocol once the route is known."""
+
+    # Slots: thousands of these live at once; a dict per exchange would cost ~0.7 KB each.
+    __slots__ = (
+        "_body",
+        "_body_chunked_upstream",
+        "_body_complete",
+        "_body_length",
+        "_capture",
+        "_client_key",
+        "_connect_task",
+        "_framing",
+        "_head",
+        "_head_sent",
+        "_headers_out",
+        "_heartbeat_timer",
+        "_last_error",
+        "_out",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_retried",
+        "_reused",
+        "_rewriter",
+        "_tried",
+        "_watchdog",
+        "_x_cache",
+        "app",
+        "backend",
+        "cache_key",
+        "conn",
+        "downstream",
+        "group",
+        "last_heartbeat",
+        "last_read",
+        "loop",
+        "published_bytes",
+        "published_heartbeats",
+        "request_id",
+        "route",
+        "slot_key",
+        "started_at",
+        "state",
+        "status",
+        "streaming",
+        "target",
+        "transport",
+        "ttfb",
+    )
 
     def __init__(
         self,
@@ -115,6 +169,11 @@ class Forwarder:
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
         self._connect_task = spawn(self._connect())
+        self._connect_task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        if self._connect_task is task:
+            self._connect_task = None  # a finished task holds memory for the life of the stream
 
     async def _connect(self, fresh: bool = False) -> None:
         """Pick a backend (unless retrying a stale pooled connection on the same one), connect, send."""
@@ -273,7 +332,8 @@ class Forwarder:
         now = self.loop.time()
         self.status = status
         self.ttfb = time.perf_counter() - self.started_at
-        self._body = None  # from here on there is no retry
+        self._body = None  # from here on there is no retry, so neither body nor head is needed
+        self._head = _NO_HEAD
         content_type = header_value(headers, b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         out = end_to_end(headers, _STRIP_FROM_RESPONSE)

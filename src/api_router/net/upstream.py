@@ -118,6 +118,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self._close_delimited = False
         if self.listener is not None:
             self.listener.upstream_head(status, self._headers)
+        self._headers = []  # not kept for the life of the stream
 
     def on_body(self, body: bytes) -> None:
         if self.listener is not None:
