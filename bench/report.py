@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -261,6 +262,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     lite = LITELLM_VENV / "bin" / "python"
+    root = str(LITELLM_VENV.parent.parent)
+    commit = _run(["git", "-C", root, "rev-parse", "--short", "HEAD"])
+    diff = _run(["git", "-C", root, "diff", "HEAD", "--", "src"]) if commit else ""
+    if diff:
+        commit += f" + uncommitted changes in src/ (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:8]})"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),
@@ -272,6 +278,7 @@ def machine() -> dict[str, Any]:
         if lite.exists()
         else None,
         "loadavg": os.getloadavg(),
+        "commit": commit or None,
     }
 
 
@@ -281,6 +288,7 @@ def machine_line(info: dict[str, Any]) -> str:
         f"Python {info['python']}"
         + (f", nginx {info['nginx']}" if info.get("nginx") else "")
         + (f", LiteLLM {info['litellm']}" if info.get("litellm") else "")
+        + (f"; router at {info['commit']}" if info.get("commit") else "")
     )
 
 
