@@ -169,25 +169,39 @@ class App:
     def client_of(self, headers: HeaderList) -> ClientPolicy | None:
         return self.access.authenticate(headers) if self.access.enabled else None
 
-    async def admit(self, forwarder: Forwarder, key: str) -> GatewayError | None:
-        """Rate limit, then the concurrent-stream limit; the slot is the forwarder's to release."""
-        if key.startswith("client:"):
-            limit: Limit | None = self.client_limits[key.removeprefix("client:")]
-        else:
-            limit = self.limits.get(forwarder.route.path)
-        limiter = self.limiter
-        if limit is not None and limiter is not None:
-            if isinstance(limiter, InProcessLimiter):
-                decision = limiter.check(key, forwarder.route.path, limit, self.loop.time())
-            else:
-                decision = await limiter.check(key, forwarder.route.path, limit)
+    def admits_now(self) -> bool:
+        """Whether admission can be decided without awaiting (no Redis limiter in the way)."""
+        return not isinstance(self.limiter, RedisLimiter)
+
+    def admit_now(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+        """``admit`` for the in-process limiter: synchronous, so no task per request."""
+        limit = self._limit_for(forwarder, key)
+        if limit is not None and isinstance(self.limiter, InProcessLimiter):
+            decision = self.limiter.check(key, forwarder.route.path, limit, self.loop.time())
             if not decision.allowed:
                 return decision_error(decision)
+        return self._take_stream_slot(forwarder, key)
+
+    def _limit_for(self, forwarder: Forwarder, key: str) -> Limit | None:
+        if key.startswith("client:"):
+            return self.client_limits[key.removeprefix("client:")]
+        return self.limits.get(forwarder.route.path)
+
+    def _take_stream_slot(self, forwarder: Forwarder, key: str) -> GatewayError | None:
         if forwarder.streaming and self.max_streams is not None:
             if not self.stream_slots.acquire(key, self.max_streams):
                 return decision_error(CONCURRENCY_LIMITED)
             forwarder.slot_key = key
         return None
+
+    async def admit(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+        """Rate limit (Redis), then the concurrent-stream limit; the slot is the forwarder's to release."""
+        limit = self._limit_for(forwarder, key)
+        if limit is not None and isinstance(self.limiter, RedisLimiter):
+            decision = await self.limiter.check(key, forwarder.route.path, limit)
+            if not decision.allowed:
+                return decision_error(decision)
+        return self._take_stream_slot(forwarder, key)
 
     def cacheable(self, body: dict[str, Any]) -> bool:
         return cacheable(body, allow_sampling=self.config.cache.cache_sampled)

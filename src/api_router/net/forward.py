@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from api_router.core.http import (
     CRLF,
@@ -168,43 +168,66 @@ class Forwarder:
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
-        self._connect_task = spawn(self._connect())
-        self._connect_task.add_done_callback(self._connected)
+        """Admit, pick a backend and send on an idle pooled connection without leaving this call;
+        a task runs only when something must be awaited (a new connection, a Redis limit check)."""
+        if self._client_key is not None:
+            if not self.app.admits_now():
+                self._spawn(self._admit_then_go())
+                return
+            key, self._client_key = self._client_key, None
+            refused = self.app.admit_now(self, key)
+            if refused is not None:
+                self._apply(self.state.upstream_failed(refused))
+                return
+        self._go()
+
+    async def _admit_then_go(self) -> None:
+        key, self._client_key = self._client_key, None
+        assert key is not None
+        refused = await self.app.admit(self, key)
+        if refused is not None:
+            self._apply(self.state.upstream_failed(refused))
+        elif self.state.phase is Phase.AWAITING_UPSTREAM:
+            self._go()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._connect_task = spawn(coro)
+        task.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[None]) -> None:
         if self._connect_task is task:
             self._connect_task = None  # a finished task holds memory for the life of the stream
 
-    async def _connect(self, fresh: bool = False) -> None:
-        """Pick a backend (unless retrying a stale pooled connection on the same one), connect, send."""
-        if self._client_key is not None:
-            key, self._client_key = self._client_key, None
-            refused = await self.app.admit(self, key)
-            if refused is not None:
-                self._apply(self.state.upstream_failed(refused))
-                return
-        if not fresh or self.backend is None:
-            backend = self.group.pick(self.loop.time(), self._tried)
-            if backend is None:
-                self._apply(self.state.upstream_failed(self._last_error or self.group.unavailable()))
-                return
-            self.backend = backend
-            backend.in_flight += 1
-            self._tried.append(backend.name)
-            self.target = self.group.targets[backend.name]
-        target = self.target
+    def _go(self) -> None:
+        """Pick a backend (failover excludes those tried) and use or open a connection to it."""
+        backend = self.group.pick(self.loop.time(), self._tried)
+        if backend is None:
+            self._apply(self.state.upstream_failed(self._last_error or self.group.unavailable()))
+            return
+        self.backend = backend
+        backend.in_flight += 1
+        self._tried.append(backend.name)
+        self.target = self.group.targets[backend.name]
+        conn = self.app.pool.take_idle(self.target.origin, self.loop.time())
+        if conn is not None:
+            self._bind(conn, reused=True)
+        else:
+            self._spawn(self._connect_new())
+
+    async def _connect_new(self) -> None:
+        """A fresh connection to the current backend (also the retry for a stale pooled one)."""
         pool = self.app.pool
         try:
-            if fresh:
-                conn, reused = await pool.connect(target.origin), False
-            else:
-                conn, reused = await pool.acquire(target.origin)
+            conn = await pool.connect(self.target.origin)
         except GatewayError as error:
             self._backend_failed(error)
             return
         if self.state.phase is not Phase.AWAITING_UPSTREAM:
             pool.release(conn)  # the client left while we connected; nothing was sent on it
             return
+        self._bind(conn, reused=False)
+
+    def _bind(self, conn: UpstreamConnection, *, reused: bool) -> None:
         self.conn = conn
         self._reused = reused
         conn.bind(self, self.route.buffer_size)
@@ -234,7 +257,7 @@ class Forwarder:
         self.status = 0
         if self._can_fail_over():
             self.app.metrics.failovers.inc()
-            self._connect_task = spawn(self._connect())
+            self._go()
         else:
             self._apply(self.state.upstream_failed(error))
 
@@ -399,7 +422,7 @@ class Forwarder:
             self.conn = None
             self._head_sent = False
             self._cancel_timers()
-            self._connect_task = spawn(self._connect(fresh=True))
+            self._spawn(self._connect_new())
             return
         error: GatewayError
         if isinstance(exc, GatewayError):

@@ -190,11 +190,9 @@ class UpstreamPool:
         self.opened = 0
         self.reused = 0
 
-    async def acquire(self, origin: Origin) -> tuple[UpstreamConnection, bool]:
-        """A connection and whether it was reused (a reused one may turn out stale)."""
-        loop = asyncio.get_running_loop()
+    def take_idle(self, origin: Origin, now: float) -> UpstreamConnection | None:
+        """The most recently used idle connection, if any: no await, so no loop pass before sending."""
         idle = self._idle.get(origin.key)
-        now = loop.time()
         while idle:
             conn = idle.pop()
             if conn.closed:
@@ -203,6 +201,13 @@ class UpstreamPool:
                 conn.close()
                 continue
             self.reused += 1
+            return conn
+        return None
+
+    async def acquire(self, origin: Origin) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused (a reused one may turn out stale)."""
+        conn = self.take_idle(origin, asyncio.get_running_loop().time())
+        if conn is not None:
             return conn, True
         return await self.connect(origin), False
 
