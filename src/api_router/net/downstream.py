@@ -83,7 +83,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def __init__(self, app: App) -> None:
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer: str | None = None
         self.http11 = True
         self.exchange: Forwarder | None = None
@@ -117,8 +117,11 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self.app.loop.time()
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError:
             req = self._req
             if self._closed:
@@ -134,6 +137,11 @@ class DownstreamProtocol(asyncio.Protocol):
             )
         except httptools.HttpParserError as exc:
             self._reject_and_close(BadRequest(f"malformed HTTP request: {exc}", code="malformed_request"))
+        else:
+            if self.exchange is not None and self._req is None:
+                # At a message boundary while a response streams: a new parser is made if the
+                # client sends again, so a long stream does not hold one (~0.5 KB).
+                self.parser = None
 
     def eof_received(self) -> bool:
         return False  # a client that half-closes is gone: close, which ends any stream
@@ -190,6 +198,7 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         parser = self.parser
+        assert parser is not None  # a callback of this very parser
         req.method = parser.get_method().decode("ascii")
         self.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
@@ -257,6 +266,7 @@ class DownstreamProtocol(asyncio.Protocol):
         if req is None or self._closed:
             return
         req.complete = True
+        assert self.parser is not None
         req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
         self._disarm()
         if req.forwarder is not None:

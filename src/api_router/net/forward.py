@@ -68,7 +68,6 @@ class Forwarder:
         "_head",
         "_head_sent",
         "_headers_out",
-        "_heartbeat_timer",
         "_last_error",
         "_out",
         "_paused",
@@ -77,8 +76,8 @@ class Forwarder:
         "_retried",
         "_reused",
         "_rewriter",
+        "_timer",
         "_tried",
-        "_watchdog",
         "_x_cache",
         "app",
         "backend",
@@ -148,8 +147,7 @@ class Forwarder:
         self.ttfb: float | None = None
         self.last_read = self.loop.time()  # loop clock (timers); started_at is perf_counter (latency)
         self.last_heartbeat = 0.0
-        self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # one per exchange: watchdog and heartbeat
         self._paused = False
         self.published_bytes = 0
         self.published_heartbeats = 0
@@ -231,7 +229,7 @@ class Forwarder:
         self.conn = conn
         self._reused = reused
         conn.bind(self, self.route.buffer_size)
-        self._arm_watchdog(self.app.read_timeout)
+        self._arm(self.last_read + self.app.read_timeout)
         self._send_request()
 
     def _can_fail_over(self) -> bool:
@@ -382,7 +380,7 @@ class Forwarder:
         self.last_read = now
         if is_sse:
             self.app.metrics.stream_started(self.route.path)
-            self._heartbeat_timer = self.loop.call_at(now + self.route.heartbeat_interval, self._on_tick)
+            self._arm(now + self.route.heartbeat_interval)
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
@@ -463,15 +461,29 @@ class Forwarder:
         self._apply(self.state.upstream_failed(error))
 
     # -- timers -------------------------------------------------------------------------
-    def _on_tick(self) -> None:
-        self._heartbeat_timer = None
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(at, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """The upstream-silence watchdog and the heartbeat share one timer (memory per stream)."""
+        self._timer = None
         now = self.loop.time()
+        timeout = self.app.read_timeout
+        if self._paused:  # silence we caused by not reading is not the upstream's fault
+            self.last_read = now
+        if now - self.last_read >= timeout:
+            self._apply(self.state.upstream_failed(UpstreamTimeout(f"upstream silent for {timeout:g} s")))
+            return
         data, next_check = self.state.tick(max(self.last_read, self.last_heartbeat), now)
         if data is not None and not self._paused:
             self.last_heartbeat = now
             self.upstream_body_write(data)
-        if next_check is not None:
-            self._heartbeat_timer = self.loop.call_at(next_check, self._on_tick)
+        deadline = self.last_read + timeout
+        self._timer = self.loop.call_at(
+            deadline if next_check is None else min(deadline, next_check), self._on_timer
+        )
         self.app.metrics.publish_progress(self)
 
     def upstream_body_write(self, data: bytes) -> None:
@@ -483,26 +495,10 @@ class Forwarder:
         self.transport.writelines(self._out)
         self._out = []
 
-    def _arm_watchdog(self, timeout: float) -> None:
-        self._watchdog = self.loop.call_at(self.last_read + timeout, self._on_watchdog, timeout)
-
-    def _on_watchdog(self, timeout: float) -> None:
-        self._watchdog = None
-        now = self.loop.time()
-        if self._paused:  # silence we caused by not reading is not the upstream's fault
-            self.last_read = now
-        if now - self.last_read >= timeout:
-            self._apply(self.state.upstream_failed(UpstreamTimeout(f"upstream silent for {timeout:g} s")))
-            return
-        self._arm_watchdog(timeout)
-
     def _cancel_timers(self) -> None:
-        if self._heartbeat_timer is not None:
-            self._heartbeat_timer.cancel()
-            self._heartbeat_timer = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- the end ------------------------------------------------------------------------
     def _apply(self, ending: Ending) -> None:
