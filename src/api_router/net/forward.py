@@ -2,7 +2,8 @@
 
 It is the thin interpreter of ``core/stream.py``: upstream callbacks go in, the StreamState
 decides, and the Forwarder writes, arms timers and moves flow control between the two
-transports. No coroutine runs per event: the only ``await`` is the connect.
+transports. No coroutine runs per event; a task runs only to open a new upstream connection or
+to ask a Redis rate limiter.
 """
 
 from __future__ import annotations
@@ -43,13 +44,12 @@ if TYPE_CHECKING:
 
 _STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-
-
-def _NO_HEAD(target: Target, length: int | None) -> bytes:
-    raise AssertionError("the request head is sent only before the response starts")
-
-
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
+
+
+def _no_head(target: Target, length: int | None) -> bytes:
+    """Stands in for the request-head builder once the response started (it held the client's headers)."""
+    raise AssertionError("the request head is sent only before the response starts")
 
 
 class Forwarder:
@@ -354,7 +354,7 @@ class Forwarder:
         self.status = status
         self.ttfb = time.perf_counter() - self.started_at
         self._body = None  # from here on there is no retry, so neither body nor head is needed
-        self._head = _NO_HEAD
+        self._head = _no_head
         content_type = header_value(headers, b"content-type") or b""
         is_sse = content_type.startswith(b"text/event-stream")
         out = end_to_end(headers, _STRIP_FROM_RESPONSE)
