@@ -19,8 +19,6 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -29,7 +27,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from api_router.config_backends import (
@@ -37,10 +34,12 @@ from api_router.config_backends import (
     BackendGroupConfig,
     Balancing,
     CacheConfig,
+    ConfigModel,
     HealthCheckConfig,
     ModelRoute,
     ModelTarget,
     PoolConfig,
+    Seconds,
     check_backend_references,
     env_var_name,
     http_url,
@@ -113,18 +112,10 @@ def _endpoint_path(path: str) -> str:
 Headers = dict[Annotated[str, AfterValidator(_header_name)], Annotated[str, AfterValidator(_header_value)]]
 EndpointPath = Annotated[str, AfterValidator(_endpoint_path)]
 BufferSize = Annotated[int, Field(ge=256, le=16 * MiB)]
-Seconds = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        populate_by_name=True,
-        alias_generator=to_camel,
-        allow_inf_nan=False,
-    )
+_Model = ConfigModel
 
 
 class RateLimitConfig(_Model):

@@ -53,8 +53,9 @@ Seconds = Annotated[float, Field(gt=0)]
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-class _Model(BaseModel):
-    # Same settings as config._Model (see the module docstring for why it is a copy).
+class ConfigModel(BaseModel):
+    """The base of every config model: camelCase keys, unknown fields refused, immutable."""
+
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
@@ -62,6 +63,9 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         allow_inf_nan=False,
     )
+
+
+_Model = ConfigModel
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
@@ -30,10 +29,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema, PydanticCustomError
 
-from api_router.config_backends import env_var_name
+from api_router.config_backends import ConfigModel, env_var_name
 from api_router.core.access import AccessControl, ClientPolicy
 
 if TYPE_CHECKING:
@@ -55,15 +53,7 @@ __all__ = ["ClientConfig", "Clients", "LimitsConfig", "TlsConfig", "access_contr
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
-class _Model(BaseModel):
-    # Same settings as config._Model (see the module docstring for why it is a copy).
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        populate_by_name=True,
-        alias_generator=to_camel,
-        allow_inf_nan=False,
-    )
+_Model = ConfigModel
 
 
 def _route(path: str) -> str:
