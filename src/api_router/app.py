@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from api_router.net.downstream import DownstreamProtocol
     from api_router.net.forward import Forwarder
 
-_MODELS_LIMIT = 4 * 1024 * 1024
-
 
 class App:
     """What every connection shares: config, router, upstream pool, metrics."""

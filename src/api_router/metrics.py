@@ -103,7 +103,7 @@ class Metrics:
         self.backend_healthy.labels(backend).set(1 if healthy else 0)
         self.backend_circuit.labels(backend).set(circuit)
 
-    def stream_started(self, route: str) -> None:
+    def stream_started(self) -> None:
         self.active_streams += 1
         self.streaming_active.inc()
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HeaderList, end_to_end, request_head
-from api_router.errors import ApiFlavor, BadRequest, GatewayError, MethodNotAllowed, NotFound
+from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 
 
 class RouteKind(enum.Enum):
@@ -279,4 +279,4 @@ def make_target(name: str, url: str, headers: dict[str, str], api_key: str | Non
     return Target(name, parse_origin(url), _lower(headers), api_key)
 
 
-__all__ = ["GatewayError", "Origin", "PreparedJson", "Route", "RouteKind", "Router", "Target", "parse_origin"]
+__all__ = ["Origin", "PreparedJson", "Route", "RouteKind", "Router", "Target", "parse_origin"]

@@ -73,9 +73,10 @@ async def serve(
     watcher = _FileWatcher(loop, watch_path, lambda: app.reload("file changed")) if watch_path else None
     try:
         await stop.wait()
-        logs.log.info("shutting down: no new connections; draining for up to %gs", config.drain_timeout_secs)
+        grace = app.config.drain_timeout_secs  # the reloaded config's, if there was a reload
+        logs.log.info("shutting down: no new connections; draining for up to %gs", grace)
         server.close()
-        await app.drain(app.config.drain_timeout_secs)
+        await app.drain(grace)
     finally:
         if watcher is not None:
             watcher.stop()

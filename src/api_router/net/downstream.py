@@ -46,7 +46,6 @@ class _Request:
     __slots__ = (
         "body",
         "body_bytes",
-        "complete",
         "error",
         "forwarder",
         "header_bytes",
@@ -74,7 +73,6 @@ class _Request:
         self.body = bytearray()
         self.body_bytes = 0
         self.forwarder: Forwarder | None = None
-        self.complete = False
         self.keep_alive = True
         self.request_id = b""
 
@@ -265,7 +263,6 @@ class DownstreamProtocol(asyncio.Protocol):
         req, self._req = self._req, None
         if req is None or self._closed:
             return
-        req.complete = True
         assert self.parser is not None
         req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
         self._disarm()

@@ -379,7 +379,7 @@ class Forwarder:
         self.state.response_started(is_sse)
         self.last_read = now
         if is_sse:
-            self.app.metrics.stream_started(self.route.path)
+            self.app.metrics.stream_started()
             self._arm(now + self.route.heartbeat_interval)
 
     def upstream_body(self, data: bytes) -> None:

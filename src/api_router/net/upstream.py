@@ -58,7 +58,6 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.parser = httptools.HttpResponseParser(self)
         self._view = _read_view(8192)
         self._headers: HeaderList = []
-        self._bytes_in_response = 0
         self._close_delimited = False
         self.requests = 0
         self.closed = False
