@@ -1,8 +1,14 @@
-"""Prometheus metrics. Counted per exchange and published once at its end (or at a heartbeat
-tick for long streams), so the per-event path never takes a prometheus_client lock."""
+"""Prometheus metrics, tallied in plain dicts and published in batches.
+
+Each prometheus_client update walks its label values and takes a lock; done per request, that
+cost as much as forwarding a short stream. So exchanges only count into dicts here, and
+``flush`` publishes the tallies at most ``FLUSH_SECS`` later and before every scrape: a scrape
+of this process is always exact, other workers' figures (``--workers``) may lag by that much.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import TYPE_CHECKING
@@ -22,10 +28,24 @@ if TYPE_CHECKING:
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
+FLUSH_SECS = 1.0
+_FLUSH_AT = 4096  # pending observations that trigger a flush at once (bounds the memory they hold)
 
 
 class Metrics:
-    def __init__(self, known_routes: set[str] | None = None) -> None:
+    def __init__(
+        self, known_routes: set[str] | None = None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        self._loop = loop  # None: publish at once (no loop to defer to)
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._requests: dict[tuple[str, int], int] = {}
+        self._errors: dict[str, int] = {}
+        self._backend_requests: dict[tuple[str, str], int] = {}
+        self._durations: list[tuple[str, float, float | None]] = []  # route, duration, ttfb
+        self._backend_latencies: list[tuple[str, float]] = []
+        self._bytes = 0
+        self._heartbeats = 0
+        self._disconnects = 0
         # With --workers, values live in PROMETHEUS_MULTIPROC_DIR and every scrape sums all workers.
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry(auto_describe=True)
@@ -95,8 +115,10 @@ class Metrics:
 
     def backend_result(self, backend: str, success: bool | None, seconds: float) -> None:
         outcome = "ok" if success else ("error" if success is False else "abandoned")
-        self.backend_requests.labels(backend, outcome).inc()
-        self.backend_latency.labels(backend).observe(seconds)
+        key = (backend, outcome)
+        self._backend_requests[key] = self._backend_requests.get(key, 0) + 1
+        self._backend_latencies.append((backend, seconds))
+        self._pending()
 
     def set_backend_state(self, backend: str, in_flight: int, healthy: bool, circuit: int) -> None:
         self.backend_in_flight.labels(backend).set(in_flight)
@@ -104,41 +126,88 @@ class Metrics:
         self.backend_circuit.labels(backend).set(circuit)
 
     def stream_started(self) -> None:
-        self.active_streams += 1
-        self.streaming_active.inc()
+        self.active_streams += 1  # the gauge is set from this at each flush
 
     def publish_progress(self, forwarder: Forwarder) -> None:
-        """Publish bytes and heartbeats counted so far (long streams, at heartbeat ticks)."""
+        """Count bytes and heartbeats sent so far (long streams, at heartbeat ticks)."""
+        self._count_progress(forwarder)
+        self._pending()
+
+    def _count_progress(self, forwarder: Forwarder) -> None:
         state = forwarder.state
-        fresh = state.bytes_forwarded - forwarder.published_bytes
-        if fresh:
-            self.bytes_forwarded.inc(fresh)
-            forwarder.published_bytes = state.bytes_forwarded
-        beats = state.heartbeats - forwarder.published_heartbeats
-        if beats:
-            self.heartbeats.inc(beats)
-            forwarder.published_heartbeats = state.heartbeats
+        self._bytes += state.bytes_forwarded - forwarder.published_bytes
+        forwarder.published_bytes = state.bytes_forwarded
+        self._heartbeats += state.heartbeats - forwarder.published_heartbeats
+        forwarder.published_heartbeats = state.heartbeats
 
     def exchange_finished(self, forwarder: Forwarder, reason: str) -> None:
         route = forwarder.route.path
-        self.publish_progress(forwarder)
+        self._count_progress(forwarder)
         if forwarder.state.sse:
             self.active_streams -= 1
-            self.streaming_active.dec()
         if reason == "client_disconnect":
-            self.client_disconnects.inc()
+            self._disconnects += 1
         elif reason != "completed":
-            self.streaming_errors.labels(reason).inc()
-        self.requests.labels(route, str(forwarder.status or 499)).inc()
-        self.duration.labels(route).observe(time.perf_counter() - forwarder.started_at)
-        if forwarder.ttfb is not None:
-            self.ttfb.labels(route).observe(forwarder.ttfb)
+            self._errors[reason] = self._errors.get(reason, 0) + 1
+        key = (route, forwarder.status or 499)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._durations.append((route, time.perf_counter() - forwarder.started_at, forwarder.ttfb))
+        self._pending()
 
     def local_response(self, path: str, status: int) -> None:
-        route = path if path in self.known_routes else UNMATCHED
-        self.requests.labels(route, str(status)).inc()
+        key = (path if path in self.known_routes else UNMATCHED, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        self._pending()
+
+    def _pending(self) -> None:
+        if self._loop is None or len(self._durations) + len(self._backend_latencies) >= _FLUSH_AT:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_later(FLUSH_SECS, self.flush)
+
+    def flush(self) -> None:
+        """Publish everything tallied since the last flush to prometheus_client."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.streaming_active.set(self.active_streams)
+        if self._bytes:
+            self.bytes_forwarded.inc(self._bytes)
+            self._bytes = 0
+        if self._heartbeats:
+            self.heartbeats.inc(self._heartbeats)
+            self._heartbeats = 0
+        if self._disconnects:
+            self.client_disconnects.inc(self._disconnects)
+            self._disconnects = 0
+        errors, self._errors = self._errors, {}
+        for reason, count in errors.items():
+            self.streaming_errors.labels(reason).inc(count)
+        requests, self._requests = self._requests, {}
+        for (route, status), count in requests.items():
+            self.requests.labels(route, str(status)).inc(count)
+        backend_requests, self._backend_requests = self._backend_requests, {}
+        for (backend, outcome), count in backend_requests.items():
+            self.backend_requests.labels(backend, outcome).inc(count)
+        durations, self._durations = self._durations, []
+        by_route: dict[str, tuple[Histogram, Histogram]] = {}  # labels() is the costly part
+        for route, seconds, ttfb in durations:
+            pair = by_route.get(route)
+            if pair is None:
+                pair = by_route[route] = (self.duration.labels(route), self.ttfb.labels(route))
+            pair[0].observe(seconds)
+            if ttfb is not None:
+                pair[1].observe(ttfb)
+        latencies, self._backend_latencies = self._backend_latencies, []
+        by_backend: dict[str, Histogram] = {}
+        for backend, seconds in latencies:
+            child = by_backend.get(backend)
+            if child is None:
+                child = by_backend[backend] = self.backend_latency.labels(backend)
+            child.observe(seconds)
 
     def render(self) -> tuple[bytes, bytes]:
+        self.flush()
         registry = self.registry
         if self.multiprocess:
             registry = CollectorRegistry()

@@ -141,8 +141,12 @@ def test_two_workers_share_the_port_and_metrics_sum_both(upstream):
                 json=chat(stream=False),
                 headers={"x-request-id": f"w{i}"},
             )
-        for _ in range(6):  # whichever worker answers the scrape reports the total
-            assert metric(router.url, 'requests_total{route="/v1/chat/completions",status="200"}') == 40
+        served = 'requests_total{route="/v1/chat/completions",status="200"}'
+        # Each worker publishes its tallies within metrics.FLUSH_SECS; after that, whichever
+        # worker answers the scrape reports the total.
+        wait_for(lambda: metric(router.url, served) == 40, what="both workers' counts published")
+        for _ in range(6):
+            assert metric(router.url, served) == 40
 
         victim = next(iter(workers))
         os.kill(victim, signal.SIGKILL)

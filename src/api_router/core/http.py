@@ -38,16 +38,31 @@ class Framing(enum.Enum):
     NONE = "none"  # no body (HEAD, 204, 304)
 
 
-def end_to_end(
-    headers: Iterable[tuple[bytes, bytes]], also_drop: frozenset[bytes] = frozenset()
-) -> HeaderList:
-    """Headers that may be forwarded, names lower-cased; drops hop-by-hop ones and ``also_drop``."""
-    items = [(name.lower(), value) for name, value in headers]
-    named = {
-        token.strip().lower() for name, value in items if name == b"connection" for token in value.split(b",")
-    }
-    dropped = HOP_BY_HOP | named | also_drop
-    return [(name, value) for name, value in items if name not in dropped]
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The header names ``Connection`` lists (hop-by-hop for this message); usually none."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection" and value not in _PLAIN_CONNECTION:
+            tokens.update(token.strip() for token in value.lower().split(b","))
+    return frozenset(tokens) if tokens else _NONE
+
+
+_NONE: frozenset[bytes] = frozenset()
+# The usual values name no header (keep-alive is hop-by-hop already): skip the split.
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+_DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also_drop → with HOP_BY_HOP (a few constants)
+
+
+def end_to_end(headers: HeaderList, also_drop: frozenset[bytes] = _NONE) -> HeaderList:
+    """Headers that may be forwarded: drops hop-by-hop ones, those ``Connection`` names, and
+    ``also_drop``. Names must be lower-case already (both parsers lower-case them)."""
+    dropped = _DROPPED.get(also_drop)
+    if dropped is None:
+        dropped = _DROPPED[also_drop] = HOP_BY_HOP | also_drop
+    named = connection_tokens(headers)
+    if named:
+        dropped = dropped | named
+    return [item for item in headers if item[0] not in dropped]
 
 
 def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -57,16 +72,15 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
     return None
 
 
+_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+
+
 def response_head(
     status: int, headers: Iterable[tuple[bytes, bytes]], framing: Framing, length: int = 0
 ) -> bytes:
     """A status line and headers; ``headers`` must already be end-to-end and framing-free."""
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b"Unknown"
-    lines = [b"HTTP/1.1 %d %s" % (status, reason)]
-    lines.extend(name + b": " + value for name, value in headers)
+    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown" % status]
+    lines += [name + b": " + value for name, value in headers]
     if framing is Framing.LENGTH:
         lines.append(b"content-length: %d" % length)
     elif framing is Framing.CHUNKED:
@@ -80,7 +94,7 @@ def response_head(
 
 def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     lines = [method + b" " + target + b" HTTP/1.1"]
-    lines.extend(name + b": " + value for name, value in headers)
+    lines += [name + b": " + value for name, value in headers]
     lines.append(b"")
     lines.append(b"")
     return CRLF.join(lines)

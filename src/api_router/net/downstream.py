@@ -8,6 +8,8 @@ bodies stream to the upstream as they arrive.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import secrets
 import time
 from collections import deque
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 _MAX_QUEUED = 16
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_READ_HERE = frozenset({b"content-length", b"x-request-id", b"transfer-encoding", b"expect"})
 
 
 class _Request:
@@ -78,6 +81,28 @@ class _Request:
 
 
 class DownstreamProtocol(asyncio.Protocol):
+    # Slots: one of these per client connection, thousands at once; a dict would cost ~1 KB more.
+    __slots__ = (
+        "_closed",
+        "_fetching",
+        "_last_data",
+        "_max_header_bytes",
+        "_max_headers",
+        "_queue",
+        "_reading_paused",
+        "_req",
+        "_rule",
+        "_timer",
+        "_wake_every",
+        "_write_limit",
+        "app",
+        "exchange",
+        "http11",
+        "parser",
+        "peer",
+        "transport",
+    )
+
     def __init__(self, app: App) -> None:
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
@@ -93,8 +118,11 @@ class DownstreamProtocol(asyncio.Protocol):
         limits = app.config.limits
         self._max_header_bytes = limits.max_header_bytes
         self._max_headers = limits.max_headers
+        self._wake_every = min(limits.header_timeout_secs, limits.body_timeout_secs)
         self._last_data = 0.0
+        self._rule: tuple[float, float, bool] | None = None  # (from, seconds, absolute): see _arm
         self._timer: asyncio.TimerHandle | None = None
+        self._write_limit = 0  # the write buffer's high-water mark, once an exchange set it
 
     # -- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,7 +139,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self.send_error(busy, ApiFlavor.OPENAI, b"", keep_alive=False)
             self._closed = True
             return
-        self._arm(self.app.config.limits.keep_alive_timeout_secs)
+        self._arm(self.app.keep_alive_timeout)
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self.app.loop.time()
@@ -146,7 +174,10 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._disarm()
+        self._rule = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.app.connection_closed(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -167,7 +198,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._req = _Request(time.perf_counter())
         # Slowloris: the whole head must arrive within headerTimeoutSecs of its first byte.
-        self._arm(self.app.config.limits.header_timeout_secs, absolute=True)
+        self._arm(self.app.header_timeout, absolute=True)
 
     def on_url(self, url: bytes) -> None:
         req = self._req
@@ -200,16 +231,27 @@ class DownstreamProtocol(asyncio.Protocol):
         req.method = parser.get_method().decode("ascii")
         self.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
-        req.request_id = _request_id(header_value(req.headers, b"x-request-id"))
-        self._arm(self.app.config.limits.body_timeout_secs)  # idle time allowed between body bytes
+        request_id = length = expect = None
+        bad_coding = False
+        for name, value in req.headers:  # one pass for the few headers the router itself reads
+            if name in _READ_HERE:
+                if name == b"content-length":
+                    length = value
+                elif name == b"x-request-id":
+                    request_id = request_id or value
+                elif name == b"transfer-encoding":
+                    bad_coding = bad_coding or value.strip().lower() != b"chunked"
+                else:
+                    expect = value
+        req.request_id = _request_id(request_id)
+        self._arm(self.app.body_timeout)  # idle time allowed between body bytes
         if parser.should_upgrade() or req.method == "CONNECT":
             error = BadRequest(
                 "protocol upgrades and CONNECT are not supported", code="upgrade_not_supported"
             )
             self._reject_and_close(error)
             raise error  # stop parsing: nothing after this head may be read as a request
-        transfer_encoding = header_value(req.headers, b"transfer-encoding")
-        if transfer_encoding is not None and transfer_encoding.strip().lower() != b"chunked":
+        if bad_coding:
             # We decode no transfer coding but chunked; anything else must not reach the upstream.
             error = BadRequest("unsupported Transfer-Encoding", code="unsupported_transfer_encoding")
             self._reject_and_close(error)
@@ -230,12 +272,11 @@ class DownstreamProtocol(asyncio.Protocol):
         route = req.route
         if not isinstance(route, Route):
             return
-        length = header_value(req.headers, b"content-length")
         limit = self.app.max_multipart_bytes if route.kind is RouteKind.MULTIPART else self.app.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             self._reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), route.flavor)
             return
-        if header_value(req.headers, b"expect") == b"100-continue" and self.http11:
+        if expect == b"100-continue" and self.http11:
             self.transport.write(_CONTINUE)
         idle = self.exchange is None and not self._fetching and not self._queue
         if route.kind in (RouteKind.MULTIPART, RouteKind.PASSTHROUGH) and idle:
@@ -330,7 +371,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._refuse(req, error, route.flavor)
             return
         group = self.app.backends.group(prepared.group or route.backend_group)
-        if prepared.stream and self.app.metrics.active_streams >= self.app.config.limits.max_streams:
+        if prepared.stream and self.app.metrics.active_streams >= self.app.max_open_streams:
             busy = ServiceUnavailable(
                 "too many open streams on this router; retry shortly",
                 code="too_many_streams",
@@ -449,7 +490,9 @@ class DownstreamProtocol(asyncio.Protocol):
             client_key=self.app.admission_key(route, streaming, headers, peer),
         )
         self.exchange = forwarder
-        self.transport.set_write_buffer_limits(high=route.buffer_size)
+        if route.buffer_size != self._write_limit:  # backpressure starts at the route's bufferSize
+            self._write_limit = route.buffer_size
+            self.transport.set_write_buffer_limits(high=route.buffer_size)
         forwarder.start()
         return forwarder
 
@@ -502,28 +545,34 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport.close()
 
     # -- timers -------------------------------------------------------------------------
+    # A request passes through up to three deadlines (head, body, keep-alive). Cancelling and
+    # re-creating a loop timer for each cost more than the rest of the request's bookkeeping, so a
+    # deadline is a rule the one timer checks when it fires, and the timer moves only when a new
+    # deadline comes before it. Idle connections wake every _wake_every seconds at most, which is
+    # what lets the next request's head deadline fit under the keep-alive timer already there.
     def _arm(self, seconds: float, absolute: bool = False) -> None:
-        """One timer per connection: keep-alive idle, head deadline, or body idle time."""
-        if self._timer is not None:
-            self._timer.cancel()
-        start = self.app.loop.time()
-        self._timer = self.app.loop.call_at(start + seconds, self._on_timer, seconds, absolute, start)
+        """Deadline: ``seconds`` from now (absolute) or since the last byte read (idle)."""
+        now = self.app.loop.time()
+        self._rule = (now, seconds, absolute)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= now + seconds:
+                return
+            timer.cancel()
+        self._timer = self.app.loop.call_at(now + min(seconds, self._wake_every), self._on_timer)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._rule = None  # the pending timer finds nothing to do; cancelling it costs more
 
-    def _on_timer(self, seconds: float, absolute: bool, start: float) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
-        if self._closed:
+        rule = self._rule
+        if self._closed or rule is None:
             return
-        now = self.app.loop.time()
-        if not absolute and self._last_data > start and now - self._last_data < seconds:
-            # Data arrived since: wait for the rest of the idle period (one re-arm, not one per read).
-            self._timer = self.app.loop.call_at(
-                self._last_data + seconds, self._on_timer, seconds, False, start
-            )
+        start, seconds, absolute = rule
+        since = start if absolute else max(start, self._last_data)
+        if self.app.loop.time() < since + seconds:
+            self._timer = self.app.loop.call_at(since + seconds, self._on_timer)
             return
         req = self._req
         if req is None and self.exchange is None and not self._fetching:
@@ -549,7 +598,7 @@ class DownstreamProtocol(asyncio.Protocol):
             self._closed = True
             self.transport.close()
             return
-        self._arm(self.app.config.limits.keep_alive_timeout_secs)
+        self._arm(self.app.keep_alive_timeout)
         self._dispatch()
 
     def close_if_idle(self) -> None:
@@ -584,8 +633,26 @@ class DownstreamProtocol(asyncio.Protocol):
         return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={queued}>"
 
 
+class _RequestIds:
+    """Unique request ids without a syscall each: a random prefix per process, then a counter."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(6).encode()
+        self._count = itertools.count()
+
+    def next(self) -> bytes:
+        return b"%s%012x" % (self._prefix, next(self._count))
+
+
+_ids = _RequestIds()
+os.register_at_fork(after_in_child=_ids.reseed)  # --workers: each worker its own prefix
+
+
 def _request_id(client_value: bytes | None) -> bytes:
     """The client's X-Request-ID when it is a sane token, else a new one."""
     if client_value and len(client_value) <= 128 and all(c in _REQUEST_ID_CHARS for c in client_value):
         return client_value
-    return secrets.token_hex(12).encode()
+    return _ids.next()

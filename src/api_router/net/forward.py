@@ -19,7 +19,6 @@ from api_router.core.http import (
     Framing,
     HeaderList,
     end_to_end,
-    header_value,
     response_head,
 )
 from api_router.core.stream import Ending, Phase, StreamState
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from api_router.net.upstream import UpstreamConnection
 
 _STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
+_READ_IN_RESPONSE = frozenset({b"content-type", b"content-length", b"cache-control"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
 
@@ -229,8 +229,11 @@ class Forwarder:
         self.conn = conn
         self._reused = reused
         conn.bind(self, self.route.buffer_size)
-        self._arm(self.last_read + self.app.read_timeout)
-        self._send_request()
+        self._send_request()  # before the timer: the request is on the first-token path, the timer not
+        if self.conn is conn:
+            # Early enough for the first heartbeat too, so a response that starts at once (the
+            # usual case) need not move the timer: re-creating one costs more than a wake-up.
+            self._arm(self.last_read + min(self.app.read_timeout, self.route.heartbeat_interval))
 
     def _can_fail_over(self) -> bool:
         """Only before the first byte went to the client, with the whole body held, within budget."""
@@ -355,8 +358,17 @@ class Forwarder:
         self.ttfb = time.perf_counter() - self.started_at
         self._body = None  # from here on there is no retry, so neither body nor head is needed
         self._head = _no_head
-        content_type = header_value(headers, b"content-type") or b""
-        is_sse = content_type.startswith(b"text/event-stream")
+        content_type = length = None
+        cache_control = False
+        for name, value in headers:  # one pass for the few headers the router reads
+            if name in _READ_IN_RESPONSE:
+                if name == b"content-type":
+                    content_type = value
+                elif name == b"content-length":
+                    length = value
+                else:
+                    cache_control = True
+        is_sse = content_type is not None and content_type.startswith(b"text/event-stream")
         out = end_to_end(headers, _STRIP_FROM_RESPONSE)
         out.append((b"x-request-id", self.request_id))
         if self._x_cache is not None:
@@ -365,10 +377,9 @@ class Forwarder:
                 self._capture = bytearray()
                 self._headers_out = out
         if is_sse:
-            if header_value(out, b"cache-control") is None:
+            if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
             out.append((b"x-accel-buffering", b"no"))
-        length = header_value(headers, b"content-length")
         if not self.downstream.http11:
             self._framing = Framing.CLOSE
         elif length is not None and not is_sse and length.isdigit():
@@ -380,7 +391,9 @@ class Forwarder:
         self.last_read = now
         if is_sse:
             self.app.metrics.stream_started()
-            self._arm(now + self.route.heartbeat_interval)
+            timer = self._timer
+            if timer is None or timer.when() > now + self.route.heartbeat_interval:
+                self._arm(now + self.route.heartbeat_interval)
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
@@ -504,6 +517,22 @@ class Forwarder:
     def _apply(self, ending: Ending) -> None:
         if ending.reason == "ignored":
             return
+        # The client's last bytes go out first: the rest is bookkeeping it need not wait for
+        # (for a short answer, this write carries its first token too).
+        keep_alive = False
+        if ending.error_response is not None:
+            self.status = ending.error_response.status
+            keep_alive = self.downstream.send_error(ending.error_response, self.route.flavor, self.request_id)
+        elif ending.close_downstream:
+            self.downstream.abort()
+        else:
+            if ending.trailer:
+                self.upstream_body_write(ending.trailer)
+            if self._framing is Framing.CHUNKED:
+                self._out.append(LAST_CHUNK)
+            self.transport.writelines(self._out)
+            self._out = []
+            keep_alive = self._framing is not Framing.CLOSE and self._body_complete
         self._cancel_timers()
         task = self._connect_task
         if task is not None and not task.done() and task is not asyncio.current_task():
@@ -524,20 +553,6 @@ class Forwarder:
         capture = self._capture
         if capture is not None and ending.reason == "completed" and self.cache_key is not None:
             self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
-        keep_alive = False
-        if ending.error_response is not None:
-            self.status = ending.error_response.status
-            keep_alive = self.downstream.send_error(ending.error_response, self.route.flavor, self.request_id)
-        elif ending.close_downstream:
-            self.downstream.abort()
-        else:
-            if ending.trailer:
-                self.upstream_body_write(ending.trailer)
-            if self._framing is Framing.CHUNKED:
-                self._out.append(LAST_CHUNK)
-            self.transport.writelines(self._out)
-            self._out = []
-            keep_alive = self._framing is not Framing.CLOSE and self._body_complete
         self.app.metrics.exchange_finished(self, ending.reason)
         self.app.access_log(self, ending.reason)
         self.downstream.exchange_finished(self, keep_alive)

@@ -20,6 +20,7 @@ from api_router.errors import UpstreamUnreachable, from_os_error
 from api_router.routing import Origin
 
 _SHARED_READ_BUFFER = bytearray(0)
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 _VIEWS: dict[int, memoryview] = {}
 
 
@@ -111,8 +112,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        names = {name for name, _ in self._headers}
-        self._close_delimited = b"content-length" not in names and b"transfer-encoding" not in names
+        close_delimited = True  # no length and not chunked: the body ends with the connection
+        for name, _ in self._headers:
+            if name in _FRAMING:
+                close_delimited = False
+                break
+        self._close_delimited = close_delimited
         if status in (204, 304) or 100 <= status < 200:
             self._close_delimited = False
         if self.listener is not None:

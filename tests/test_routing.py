@@ -1,0 +1,180 @@
+"""Router.upstream_head, which precomputes per route and backend, against the rules spelled out
+plainly (the reference below), for random client headers and configs; and prepare_json."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from api_router.config import from_dict
+from api_router.core.http import HeaderList, end_to_end, request_head
+from api_router.errors import ApiFlavor, BadRequest
+from api_router.routing import _ROUTER_OWNED, Route, Router, Target, _overlay, make_target
+
+
+def reference_head(
+    router: Router,
+    route: Route,
+    target: Target,
+    client_headers: HeaderList,
+    query: bytes,
+    body_length: int | None,
+    request_id: bytes,
+    client_addr: str | None,
+    streaming: bool,
+) -> bytes:
+    """The rules, one at a time: end-to-end client headers; config headers override the client's
+    but never its credentials or content type; the router's key unless the client sent one; then
+    host, request id, X-Forwarded-For, identity encoding for streams, and the body framing."""
+    headers = end_to_end(client_headers, _ROUTER_OWNED)
+    has_content_type = any(name == b"content-type" for name, _ in headers)
+    client_auth = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
+    own = _overlay(route.headers, target.headers)
+    configured = {name for name, _ in own}
+    keep = {b"content-type"} if has_content_type else set()
+    if client_auth:
+        keep |= {b"authorization", b"x-api-key"}
+    headers = [(n, v) for n, v in headers if n not in configured or n in keep]
+    headers += [(n, v) for n, v in own if n not in keep]
+    api_key = target.api_key or router.api_key
+    if not client_auth and api_key and b"authorization" not in configured:
+        if route.flavor is ApiFlavor.ANTHROPIC:
+            headers.append((b"x-api-key", api_key.encode()))
+        else:
+            headers.append((b"authorization", b"Bearer " + api_key.encode()))
+    headers.append((b"host", target.origin.host_header))
+    headers.append((b"x-request-id", request_id))
+    forwarded = next((v for n, v in headers if n == b"x-forwarded-for"), None)
+    headers = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
+    if client_addr:
+        value = client_addr.encode()
+        headers.append((b"x-forwarded-for", forwarded + b", " + value if forwarded else value))
+    elif forwarded is not None:
+        headers.append((b"x-forwarded-for", forwarded))
+    if streaming:
+        headers.append((b"accept-encoding", b"identity"))
+    if body_length is None:
+        headers.append((b"transfer-encoding", b"chunked"))
+    elif body_length or route.upstream_method in (b"POST", b"PUT", b"PATCH"):
+        headers.append((b"content-length", str(body_length).encode()))
+    path = target.origin.base_path.encode() + route.upstream_path + (b"?" + query if query else b"")
+    return request_head(route.upstream_method, path, headers)
+
+
+CLIENT_NAMES = [
+    b"content-type",
+    b"authorization",
+    b"x-api-key",
+    b"x-forwarded-for",
+    b"x-team",
+    b"openai-organization",
+    b"host",
+    b"content-length",
+    b"te",
+    b"accept-encoding",
+    b"user-agent",
+]
+CONNECTION_VALUES = [b"keep-alive", b"close", b"x-team", b"authorization", b"content-type, x-forwarded-for"]
+CONFIG_HEADERS = st.dictionaries(
+    st.sampled_from(["X-Team", "Authorization", "Content-Type", "OpenAI-Organization", "X-Forwarded-For"]),
+    st.sampled_from(["cfg", "cfg2"]),
+    max_size=3,
+)
+client_headers = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(CLIENT_NAMES), st.sampled_from([b"a", b"b"])),
+        st.tuples(st.just(b"connection"), st.sampled_from(CONNECTION_VALUES)),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    global_headers=CONFIG_HEADERS,
+    endpoint_headers=CONFIG_HEADERS,
+    backend_headers=CONFIG_HEADERS,
+    router_key=st.sampled_from([None, "sk-router"]),
+    backend_key=st.sampled_from([None, "sk-backend"]),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/messages", "/v1/models"]),
+    headers=client_headers,
+    query=st.sampled_from([b"", b"a=1"]),
+    body_length=st.sampled_from([None, 0, 123]),
+    client_addr=st.sampled_from([None, "10.0.0.7"]),
+    streaming=st.booleans(),
+)
+def test_upstream_head_follows_the_reference(
+    global_headers: dict[str, str],
+    endpoint_headers: dict[str, str],
+    backend_headers: dict[str, str],
+    router_key: str | None,
+    backend_key: str | None,
+    path: str,
+    headers: HeaderList,
+    query: bytes,
+    body_length: int | None,
+    client_addr: str | None,
+    streaming: bool,
+) -> None:
+    config = from_dict(
+        {
+            "baseUrl": "http://127.0.0.1:9/base",
+            "headers": global_headers,
+            "endpoints": {path: {"headers": endpoint_headers}},
+        },
+        "<test>",
+    )
+    router = Router(config)
+    router.api_key = router_key
+    route = router.match("GET" if path == "/v1/models" else "POST", path)
+    assert isinstance(route, Route)
+    target = make_target("b1", "http://upstream.test:8080/v2", backend_headers, backend_key)
+    args = (route, target, headers, query, body_length, b"rid-1", client_addr, streaming)
+    expected = reference_head(router, *args)
+    assert router.upstream_head(*args) == expected
+    assert router.upstream_head(*args) == expected  # the second call uses the cached plan
+
+
+def test_a_plan_is_per_route_and_backend() -> None:
+    router = Router(from_dict({"baseUrl": "http://127.0.0.1:9"}, "<test>"))
+    route = router.match("POST", "/v1/chat/completions")
+    assert isinstance(route, Route)
+    one = make_target("one", "http://one.test", {"X-Backend": "1"}, None)
+    two = make_target("two", "http://two.test:81", {"X-Backend": "2"}, None)
+    head_one = router.upstream_head(route, one, [], b"", 2, b"r", None, False)
+    head_two = router.upstream_head(route, two, [], b"", 2, b"r", None, False)
+    assert b"host: one.test\r\n" in head_one and b"x-backend: 1\r\n" in head_one
+    assert b"host: two.test:81\r\n" in head_two and b"x-backend: 2\r\n" in head_two
+
+
+def test_prepare_json_maps_models_and_reports_bad_bodies() -> None:
+    config = from_dict(
+        {
+            "baseUrl": "http://127.0.0.1:9",
+            "modelMapping": {"gpt-4o": "qwen-max", "fast": {"model": "qwen-turbo", "backends": "cheap"}},
+            "backendGroups": {"cheap": {"backends": [{"url": "http://127.0.0.1:10"}]}},
+        },
+        "<test>",
+    )
+    router = Router(config)
+    route = router.match("POST", "/v1/chat/completions")
+    assert isinstance(route, Route)
+    body = b'{"model":"gpt-4o","stream":true,"messages":[{"content":"h\xc3\xa9"}]}'
+    mapped = router.prepare_json(route, body)
+    assert mapped.raw == '{"model":"qwen-max","stream":true,"messages":[{"content":"hé"}]}'.encode()
+    assert (mapped.model, mapped.stream, mapped.group) == ("gpt-4o", True, None)
+    grouped = router.prepare_json(route, b'{"model":"fast"}')
+    assert (grouped.body["model"], grouped.group) == ("qwen-turbo", "cheap")
+    raw = b'{"model": "other", "stream": false}'
+    assert router.prepare_json(route, raw).raw is raw  # unmapped: the client's bytes, untouched
+    for bad, code in [
+        (b"{not json", "invalid_json"),
+        (b"[1]", "invalid_json"),
+        (b'{"model": 3}', "invalid_type"),
+        (b'{"stream": "yes"}', "invalid_type"),
+        (b'{"model": "\xff"}', "invalid_json"),
+    ]:
+        with pytest.raises(BadRequest) as caught:
+            router.prepare_json(route, bad)
+        assert caught.value.code == code
