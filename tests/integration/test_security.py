@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 import ssl
+import threading
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -105,6 +109,59 @@ def test_hop_by_hop_headers_host_and_forwarded_for(make_router, upstream):
         assert hop not in headers
     assert headers["host"] == upstream.url.split("://")[1]
     assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+
+
+@contextlib.contextmanager
+def scripted_upstream(response: bytes) -> Iterator[str]:
+    """A loopback server that answers every request on every connection with ``response``."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(10)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    conn.sendall(response)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+def test_hop_by_hop_response_headers_are_not_forwarded():
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Connection: keep-alive, X-Upstream-Private\r\nX-Upstream-Private: secret\r\n"
+        b"Keep-Alive: timeout=5\r\nX-Request-ID: upstream-id\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with scripted_upstream(answer) as url, RouterProcess({"baseUrl": url}) as router:
+        resp = httpx.post(
+            router.url + "/v1/embeddings", json={"model": "m", "input": "x"}, headers={"x-request-id": "mine"}
+        )
+    assert resp.status_code == 200 and resp.content == b"{}"
+    assert resp.headers["x-kept"] == "yes"
+    assert resp.headers["x-request-id"] == "mine"  # the router's id, not the upstream's
+    assert "x-upstream-private" not in resp.headers and "keep-alive" not in resp.headers
 
 
 def test_the_upstream_key_never_leaks(make_router):

@@ -42,14 +42,14 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     """The header names ``Connection`` lists (hop-by-hop for this message); usually none."""
     tokens: set[bytes] = set()
     for name, value in headers:
-        if name == b"connection" and value not in _PLAIN_CONNECTION:
+        if name == b"connection" and value not in PLAIN_CONNECTION:
             tokens.update(token.strip() for token in value.lower().split(b","))
     return frozenset(tokens) if tokens else _NONE
 
 
 _NONE: frozenset[bytes] = frozenset()
 # The usual values name no header (keep-alive is hop-by-hop already): skip the split.
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also_drop → with HOP_BY_HOP (a few constants)
 
 

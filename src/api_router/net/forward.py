@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from api_router.core.http import (
     CRLF,
+    HOP_BY_HOP,
     LAST_CHUNK,
+    PLAIN_CONNECTION,
     Framing,
     HeaderList,
     end_to_end,
@@ -41,8 +43,9 @@ if TYPE_CHECKING:
     from api_router.net.downstream import DownstreamProtocol
     from api_router.net.upstream import UpstreamConnection
 
-_STRIP_FROM_RESPONSE = frozenset({b"content-length", b"x-request-id"})
-_READ_IN_RESPONSE = frozenset({b"content-type", b"content-length", b"cache-control"})
+_OURS_IN_RESPONSE = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
+_DROP_FROM_RESPONSE = HOP_BY_HOP | _OURS_IN_RESPONSE
+_READ_IN_RESPONSE = frozenset({b"content-type", b"content-length", b"cache-control", b"connection"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
 
@@ -359,17 +362,24 @@ class Forwarder:
         self._body = None  # from here on there is no retry, so neither body nor head is needed
         self._head = _no_head
         content_type = length = None
-        cache_control = False
-        for name, value in headers:  # one pass for the few headers the router reads
+        cache_control = listed = False
+        out: HeaderList = []
+        for item in headers:  # one pass: what the router reads, and what it forwards
+            name = item[0]
             if name in _READ_IN_RESPONSE:
                 if name == b"content-type":
-                    content_type = value
+                    content_type = item[1]
                 elif name == b"content-length":
-                    length = value
-                else:
+                    length = item[1]
+                elif name == b"cache-control":
                     cache_control = True
+                else:  # connection
+                    listed = listed or item[1] not in PLAIN_CONNECTION
+            if name not in _DROP_FROM_RESPONSE:
+                out.append(item)
+        if listed:  # Connection names other headers (rare): they are hop-by-hop too
+            out = end_to_end(headers, _OURS_IN_RESPONSE)
         is_sse = content_type is not None and content_type.startswith(b"text/event-stream")
-        out = end_to_end(headers, _STRIP_FROM_RESPONSE)
         out.append((b"x-request-id", self.request_id))
         if self._x_cache is not None:
             out.append((b"x-cache", self._x_cache))
