@@ -149,3 +149,18 @@ def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
         cli.main(argv)
     assert info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_serving_freezes_startup_objects_and_raises_the_young_gc_threshold() -> None:
+    import gc  # noqa: PLC0415 - only this test touches the collector
+
+    from api_router.server import GC_YOUNG_THRESHOLD, tune_gc  # noqa: PLC0415
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -7,6 +7,8 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client import Histogram
+
 from api_router import metrics as metrics_module
 from api_router.metrics import Metrics
 
@@ -80,16 +82,32 @@ async def _the_loop_flushes_on_its_own_within_flush_secs() -> None:
     assert sample(metrics, "requests_total", route="/v1/chat/completions", status="200") == 1
 
 
-def test_many_pending_observations_flush_at_once() -> None:
-    asyncio.run(_many_pending_observations_flush_at_once())
+def buckets(histogram: Histogram) -> dict[str, float]:
+    samples = histogram.collect()[0].samples
+    return {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
 
 
-async def _many_pending_observations_flush_at_once() -> None:
-    metrics = Metrics({"/v1/chat/completions"}, loop=asyncio.get_running_loop())
-    for _ in range(metrics_module._FLUSH_AT):
-        metrics.exchange_finished(finished_exchange(sse=False), "completed")
-    count = sample(metrics, "requests_total", route="/v1/chat/completions", status="200")
-    assert count == metrics_module._FLUSH_AT  # memory held by pending tallies stays bounded
+def test_histogram_tallies_publish_the_same_buckets_as_observe() -> None:
+    metrics = Metrics({"/v1/chat/completions"})
+    reference = Histogram("reference_seconds", "", buckets=metrics_module._LATENCY_BUCKETS, registry=None)
+    tally = metrics_module.HistogramTally()
+    for seconds in (0.0, 0.001, 0.0011, 0.5, 0.5, 7.0, 300.0, 301.0):  # on, between and past the bounds
+        tally.add(seconds)
+        reference.observe(seconds)
+    child = metrics.duration.labels("/v1/chat/completions")
+    tally.publish(child)
+    ours = {
+        s.labels.get("le"): s.value
+        for s in metrics.duration.collect()[0].samples
+        if s.name.endswith("_bucket")
+    }
+    theirs = {
+        s.labels.get("le"): s.value for s in reference.collect()[0].samples if s.name.endswith("_bucket")
+    }
+    assert ours == theirs
+    assert sample(metrics, "request_duration_seconds_sum", route="/v1/chat/completions") == sum(
+        (0.0, 0.001, 0.0011, 0.5, 0.5, 7.0, 300.0, 301.0)
+    )
 
 
 def test_without_a_loop_everything_is_published_at_once() -> None:

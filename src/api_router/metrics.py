@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -29,7 +30,40 @@ if TYPE_CHECKING:
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
 FLUSH_SECS = 1.0
-_FLUSH_AT = 4096  # pending observations that trigger a flush at once (bounds the memory they hold)
+_BOUNDS = (*_LATENCY_BUCKETS, float("inf"))
+
+
+class HistogramTally:
+    """One histogram child's observations since the last flush: a count per bucket, and the sum.
+
+    Published with prometheus_client's per-bucket values (``_buckets``, ``_sum``: the library has
+    no bulk observe), so a flush costs per label set, not per observation, and never stalls the
+    loop however many requests it covers. tests/test_metrics.py checks the exposition.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect_left(_BOUNDS, seconds)] += 1  # buckets are "le": a bound counts as inside
+        self.total += seconds
+
+    def publish(self, child: Histogram) -> None:
+        buckets = child._buckets  # private, see the class docstring
+        for index, count in enumerate(self.counts):
+            if count:
+                buckets[index].inc(count)
+        child._sum.inc(self.total)
+
+
+def _tally(tallies: dict[str, HistogramTally], key: str) -> HistogramTally:
+    tally = tallies.get(key)
+    if tally is None:
+        tally = tallies[key] = HistogramTally()
+    return tally
 
 
 class Metrics:
@@ -41,8 +75,9 @@ class Metrics:
         self._requests: dict[tuple[str, int], int] = {}
         self._errors: dict[str, int] = {}
         self._backend_requests: dict[tuple[str, str], int] = {}
-        self._durations: list[tuple[str, float, float | None]] = []  # route, duration, ttfb
-        self._backend_latencies: list[tuple[str, float]] = []
+        self._durations: dict[str, HistogramTally] = {}  # by route
+        self._ttfbs: dict[str, HistogramTally] = {}  # by route
+        self._backend_latencies: dict[str, HistogramTally] = {}  # by backend
         self._bytes = 0
         self._heartbeats = 0
         self._disconnects = 0
@@ -117,7 +152,7 @@ class Metrics:
         outcome = "ok" if success else ("error" if success is False else "abandoned")
         key = (backend, outcome)
         self._backend_requests[key] = self._backend_requests.get(key, 0) + 1
-        self._backend_latencies.append((backend, seconds))
+        _tally(self._backend_latencies, backend).add(seconds)
         self._pending()
 
     def set_backend_state(self, backend: str, in_flight: int, healthy: bool, circuit: int) -> None:
@@ -151,7 +186,9 @@ class Metrics:
             self._errors[reason] = self._errors.get(reason, 0) + 1
         key = (route, forwarder.status or 499)
         self._requests[key] = self._requests.get(key, 0) + 1
-        self._durations.append((route, time.perf_counter() - forwarder.started_at, forwarder.ttfb))
+        _tally(self._durations, route).add(time.perf_counter() - forwarder.started_at)
+        if forwarder.ttfb is not None:
+            _tally(self._ttfbs, route).add(forwarder.ttfb)
         self._pending()
 
     def local_response(self, path: str, status: int) -> None:
@@ -160,7 +197,7 @@ class Metrics:
         self._pending()
 
     def _pending(self) -> None:
-        if self._loop is None or len(self._durations) + len(self._backend_latencies) >= _FLUSH_AT:
+        if self._loop is None:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_later(FLUSH_SECS, self.flush)
@@ -189,22 +226,14 @@ class Metrics:
         backend_requests, self._backend_requests = self._backend_requests, {}
         for (backend, outcome), count in backend_requests.items():
             self.backend_requests.labels(backend, outcome).inc(count)
-        durations, self._durations = self._durations, []
-        by_route: dict[str, tuple[Histogram, Histogram]] = {}  # labels() is the costly part
-        for route, seconds, ttfb in durations:
-            pair = by_route.get(route)
-            if pair is None:
-                pair = by_route[route] = (self.duration.labels(route), self.ttfb.labels(route))
-            pair[0].observe(seconds)
-            if ttfb is not None:
-                pair[1].observe(ttfb)
-        latencies, self._backend_latencies = self._backend_latencies, []
-        by_backend: dict[str, Histogram] = {}
-        for backend, seconds in latencies:
-            child = by_backend.get(backend)
-            if child is None:
-                child = by_backend[backend] = self.backend_latency.labels(backend)
-            child.observe(seconds)
+        for tallies, histogram in (
+            (self._durations, self.duration),
+            (self._ttfbs, self.ttfb),
+            (self._backend_latencies, self.backend_latency),
+        ):
+            for label, tally in tallies.items():
+                tally.publish(histogram.labels(label))
+            tallies.clear()
 
     def render(self) -> tuple[bytes, bytes]:
         self.flush()
