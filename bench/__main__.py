@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency of the router
 HERE = Path(__file__).resolve().parent
 FD_MARGIN = 256  # descriptors a proxy needs besides two per stream
 IDLE_CPU_S = 0.02  # a proxy that used at most this much CPU in 0.5 s is idle
-ROUTER_TARGETS = ("direct", "router", "router+features")
+ROUTER_TARGETS = ("direct", "router", "router+features", "router-2w")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,6 +98,8 @@ class Bench:
     def targets_for(self, workload: str, rep: int) -> list[str]:
         if workload == "features":
             return ["router+features"]
+        if workload == "workers":
+            return ["router-2w"]
         names = list(self.proxies) if workload in FRESH else ["direct", *self.proxies]
         k = rep % len(names)
         return names[k:] + names[:k]  # rotate, so that no target always runs first

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.targets import LITELLM_VENV, NGINX_BIN, nginx_available
 
-TARGET_ORDER = ("direct", "router", "router+features", "nginx", "litellm")
+TARGET_ORDER = ("direct", "router", "router+features", "router-2w", "nginx", "litellm")
 RATIO, MINUS_DIRECT = "ratio", "minus_direct"
 # workload -> columns (figure key, header, kind): kind "" = the median, "ratio" = the median
 # and its ratio to nginx's, "minus_direct" = the median minus the direct run's median
@@ -61,6 +61,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     ],
 }
 COLUMNS["features"] = COLUMNS["chunk"]
+COLUMNS["workers"] = COLUMNS["chunk"]
 TITLES = {
     "chunk": "1. per-event cost: {chunk_streams} streams x {chunk_events} events, "
     "{chunk_payload}-byte payloads, as fast as possible",
@@ -71,8 +72,9 @@ TITLES = {
     "(fresh proxy)",
     "disconnect": "6. disconnect: {disconnect_streams} streams closed after {disconnect_after} events",
     "features": "7. per-event cost, router with every feature on (ratio to nginx's run of 1.)",
+    "workers": "8. per-event cost, router with --workers 2 (ratio to nginx's run of 1.; {cpus} CPUs)",
 }
-BASE = {"features": "chunk"}  # where the nginx / direct baselines of a workload come from
+BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from
 
 
 class Results:
@@ -210,6 +212,14 @@ def checks(res: Results) -> list[Check]:
             n = m(workload, "router", "streams")
             label = f"RSS per stream, {workload[4:]} held" + ("" if n is None else f" ({n:.0f} open)")
             add(label, m(workload, "router", "kb_per_stream"), "≤ 6 KB", lambda v: v <= 6, " KB")
+    cpus = os.cpu_count() or 0
+    add(
+        "events/s, 2 workers ÷ 1 worker",
+        _ratio(m("workers", "router-2w", "events_per_s"), m("chunk", "router", "events_per_s")),
+        "≥ 1.7x" + (f" (needs CPUs to spare: this machine has {cpus})" if cpus < 4 else ""),
+        lambda v: v >= 1.7,
+        "x",
+    )
     growth = m("slow", "router", "rss_growth_kb")
     add("RSS growth, slow reader", growth, "≤ 1024 KB", lambda v: v <= 1024, " KB")
     add("upstream paused, slow reader", m("slow", "router", "upstream_pauses"), "> 0", lambda v: v > 0)
@@ -230,6 +240,7 @@ def render(res: Results, sizes: dict[str, Any], with_checks: bool = True) -> str
     parts = []
     fill = {
         **sizes,
+        "cpus": os.cpu_count(),
         "slow_mb": round(sizes["slow_bytes"] / 1e6),
         "slow_mbps": sizes["slow_bps"] / 1e6,
     }

@@ -240,11 +240,12 @@ class Fleet:
         svc.port = self.upstream_port
         return Target("direct", "127.0.0.1", svc.port)
 
-    def start_router(self, name: str = "router", features: bool = False) -> Target:
+    def start_router(self, name: str = "router", features: bool = False, workers: int = 1) -> Target:
         path = self.dir / f"{name}.json"
         path.write_text(json.dumps(router_config(self.upstream_port, features)))
         exe = Path(sys.executable).parent / "api-router"
         argv = [str(exe), "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--workers", str(workers)] if workers > 1 else []
         if not exe.exists():
             argv = [sys.executable, "-m", "api_router", *argv[1:]]
         clean = {k: "" for k in os.environ if k.startswith("API_ROUTER_")}
@@ -285,6 +286,8 @@ class Fleet:
             return self.start_router()
         if name == "router+features":
             return self.start_router(name, features=True)
+        if name == "router-2w":
+            return self.start_router(name, workers=2)
         if name == "nginx":
             return self.start_nginx()
         if name == "litellm":

@@ -69,7 +69,8 @@ SMOKE = Sizes(
     timeout_s=30.0,
 )
 
-STEADY = ("chunk", "features", "paced", "ttft", "disconnect")  # long-lived proxies, interleaved per rep
+# long-lived proxies, interleaved per rep
+STEADY = ("chunk", "features", "workers", "paced", "ttft", "disconnect")
 FRESH = ("hold", "slow")  # the proxy is started fresh before each run and stopped after it
 ALL = (*STEADY, *FRESH)
 
@@ -173,6 +174,7 @@ class Workloads:
         return {
             "chunk": self.chunk,
             "features": self.chunk,
+            "workers": self.chunk,
             "paced": self.paced,
             "ttft": self.ttft,
             "disconnect": self.disconnect,

@@ -30,4 +30,5 @@ def test_bench_smoke(tmp_path: Path) -> None:
     output = proc.stdout[-6000:] + proc.stderr[-6000:]
     assert proc.returncode == 0, output
     assert "smoke: ok" in proc.stdout, output
+    assert "workers     router-2w" in proc.stdout, output  # the --workers 2 router ran workload 8
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
