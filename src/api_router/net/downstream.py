@@ -174,10 +174,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._rule = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._disarm()
         self.app.connection_closed(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -545,11 +542,12 @@ class DownstreamProtocol(asyncio.Protocol):
         self.transport.close()
 
     # -- timers -------------------------------------------------------------------------
-    # A request passes through up to three deadlines (head, body, keep-alive). Cancelling and
-    # re-creating a loop timer for each cost more than the rest of the request's bookkeeping, so a
-    # deadline is a rule the one timer checks when it fires, and the timer moves only when a new
-    # deadline comes before it. Idle connections wake every _wake_every seconds at most, which is
-    # what lets the next request's head deadline fit under the keep-alive timer already there.
+    # A request passes through up to three deadlines (keep-alive idle, head, body). Cancelling
+    # and re-creating a loop timer for each cost more than the rest of the request's bookkeeping,
+    # so a deadline is a rule the one timer checks when it fires, and the timer moves only when a
+    # new deadline comes before it. Idle connections wake every _wake_every seconds at most,
+    # which lets the next request's head deadline fit under the keep-alive timer already there.
+    # Per request: one timer made (keep-alive, after the response), one cancelled (request in).
     def _arm(self, seconds: float, absolute: bool = False) -> None:
         """Deadline: ``seconds`` from now (absolute) or since the last byte read (idle)."""
         now = self.app.loop.time()
@@ -562,7 +560,13 @@ class DownstreamProtocol(asyncio.Protocol):
         self._timer = self.app.loop.call_at(now + min(seconds, self._wake_every), self._on_timer)
 
     def _disarm(self) -> None:
-        self._rule = None  # the pending timer finds nothing to do; cancelling it costs more
+        """No deadline: the request is in, and the exchange's own watchdog guards the rest.
+
+        The timer goes too, so that a long stream holds none (memory per stream)."""
+        self._rule = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _on_timer(self) -> None:
         self._timer = None
