@@ -15,13 +15,16 @@ _CR = 13
 class SseBoundaryTracker:
     """Feeds on the byte stream sent to the client; never parses fields or JSON."""
 
-    __slots__ = ("_pending_cr", "_terminators", "at_boundary")
+    __slots__ = ("_pending_cr", "_terminators", "at_boundary", "settled")
 
     def __init__(self) -> None:
         # Nothing sent yet counts as a boundary: a heartbeat may precede the first event.
         self.at_boundary = True
         self._terminators = 2
         self._pending_cr = False
+        # In the state "\n\n" leaves, so feeding data that ends with "\n\n" changes nothing:
+        # the caller may skip the call (it is one per upstream body piece).
+        self.settled = True
 
     def feed(self, data: bytes) -> None:
         # Fast path: almost every upstream read ends an event with "\n\n". The second-to-last
@@ -31,6 +34,7 @@ class SseBoundaryTracker:
             self.at_boundary = True
             self._terminators = 2
             self._pending_cr = False
+            self.settled = True
             return
         if not data:
             return
@@ -51,6 +55,7 @@ class SseBoundaryTracker:
         self._terminators = count
         self._pending_cr = pending_cr
         self.at_boundary = count >= 2
+        self.settled = count == 2 and not pending_cr
 
     def __repr__(self) -> str:
         return f"<SseBoundaryTracker at_boundary={self.at_boundary} terminators={self._terminators}>"

@@ -69,7 +69,9 @@ class StreamState:
         """Rule 1: the hot path, one call per upstream read."""
         self.bytes_forwarded += len(chunk)
         if self.sse:
-            self.tracker.feed(chunk)
+            tracker = self.tracker
+            if not (tracker.settled and chunk.endswith(b"\n\n")):  # else feed would change nothing
+                tracker.feed(chunk)
 
     def tick(self, last_write_at: float, now: float) -> tuple[bytes | None, float | None]:
         """Rule 2: (bytes to write now or None, when to check again or None for never)."""

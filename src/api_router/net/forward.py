@@ -47,6 +47,9 @@ _OURS_IN_RESPONSE = frozenset({b"content-length", b"x-request-id"})  # the frami
 _DROP_FROM_RESPONSE = HOP_BY_HOP | _OURS_IN_RESPONSE
 _READ_IN_RESPONSE = frozenset({b"content-type", b"content-length", b"cache-control", b"connection"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Chunk-size lines by size, made once: formatting one per event cost more than the lookup.
+_CHUNK_HEADS: dict[int, bytes] = {}
+_CHUNK_HEADS_UP_TO = 4096  # bounds the cache (~150 KB at most); SSE events are mostly smaller
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
 
 
@@ -411,7 +414,13 @@ class Forwarder:
         if self._capture is not None:
             self._capture += data
         if self._framing is Framing.CHUNKED:
-            self._out += (b"%x\r\n" % len(data), data, CRLF)
+            size = len(data)
+            head = _CHUNK_HEADS.get(size)
+            if head is None:
+                head = b"%x\r\n" % size
+                if size <= _CHUNK_HEADS_UP_TO:
+                    _CHUNK_HEADS[size] = head
+            self._out += (head, data, CRLF)
         else:
             self._out.append(data)
 
