@@ -240,26 +240,39 @@ class Fleet:
         svc.port = self.upstream_port
         return Target("direct", "127.0.0.1", svc.port)
 
-    def start_router(self, name: str = "router", features: bool = False, workers: int = 1) -> Target:
+    def start_router(
+        self,
+        name: str = "router",
+        features: bool = False,
+        workers: int = 1,
+        wrapper: tuple[str, ...] = (),
+        ready_timeout: float = READY_TIMEOUT_S,
+    ) -> Target:
+        """``wrapper``: a command the router runs under (valgrind, for bench.instructions)."""
         path = self.dir / f"{name}.json"
         path.write_text(json.dumps(router_config(self.upstream_port, features)))
         exe = Path(sys.executable).parent / "api-router"
         argv = [str(exe), "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
         argv += ["--workers", str(workers)] if workers > 1 else []
-        if not exe.exists():
-            argv = [sys.executable, "-m", "api_router", *argv[1:]]
+        if wrapper or not exe.exists():
+            argv = [*wrapper, sys.executable, "-m", "api_router", *argv[1:]]
         clean = {k: "" for k in os.environ if k.startswith("API_ROUTER_")}
         svc = self._add(Service(name, argv, self.dir, env=clean))
-        svc.port = int(svc.wait_for_line(r"api-router listening on http://127\.0\.0\.1:(\d+)").group(1))
+        pattern = r"api-router listening on http://127\.0\.0\.1:(\d+)"
+        svc.port = int(svc.wait_for_line(pattern, ready_timeout).group(1))
         return Target(name, "127.0.0.1", svc.port, svc.pid)
 
-    def start_nginx(self, name: str = "nginx") -> Target:
+    def start_nginx(
+        self, name: str = "nginx", wrapper: tuple[str, ...] = (), ready_timeout: float = READY_TIMEOUT_S
+    ) -> Target:
+        """With a ``wrapper``, nginx runs its one worker in the master process (no fork)."""
         port = free_port()
         conf = self.dir / f"{name}.conf"
-        conf.write_text(nginx_conf(self.dir, port, self.upstream_port, self.nofile))
+        text = nginx_conf(self.dir, port, self.upstream_port, self.nofile)
+        conf.write_text(text.replace("worker_processes 1;", "master_process off;") if wrapper else text)
         argv = [NGINX_BIN, "-p", str(self.dir), "-e", str(self.dir / "nginx-error.log"), "-c", str(conf)]
-        svc = self._add(Service(name, [*argv, "-g", "daemon off;"], self.dir))
-        svc.wait_for_port(port)
+        svc = self._add(Service(name, [*wrapper, *argv, "-g", "daemon off;"], self.dir))
+        svc.wait_for_port(port, ready_timeout)
         return Target(name, "127.0.0.1", port, svc.pid)
 
     def start_litellm(self, name: str = "litellm") -> Target:

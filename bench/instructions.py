@@ -1,0 +1,102 @@
+"""python -m bench.instructions: instructions a proxy executes per request, counted by callgrind.
+
+The timed benchmark moves by ±30 % between runs on a shared 2-CPU machine; an instruction count
+does not: the same code, requests and environment give the same count whatever else the machine
+does. So this is the A/B measure for changes to the request path (compare two commits with it),
+and the way to see what the interpreter costs next to nginx. It counts user-space instructions
+only (not the kernel's work in system calls), under valgrind, so it says nothing of latency.
+
+The proxy runs under ``valgrind --tool=callgrind`` with counting off; after a warm-up, counting
+is switched on for N sequential streaming requests (the shape of workload 3, TTFT) and off again.
+Needs Debian's ``valgrind`` (and nginx for ``--nginx``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from bench.loadgen import run_load
+from bench.spec import LoadSpec, Shape
+from bench.targets import Fleet, Target, nginx_available, raise_fd_limit
+
+VALGRIND_READY_S = 180.0  # Python under valgrind takes tens of seconds to import the router
+_TOTAL = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
+
+
+def valgrind_available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, timeout=60, check=True)
+
+
+async def _requests(target: Target, count: int, tokens: int, run_id: str) -> None:
+    spec = LoadSpec(target.host, target.port, Shape(tokens, 0.0, 16), run_id, requests_per_conn=count)
+    report: dict[str, Any] = await run_load(spec)
+    if report["failed"] or report["ok"] != count:
+        raise RuntimeError(f"requests through {target.name} failed: {report['first_errors']}")
+
+
+def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) -> float:
+    """Instructions per request for one proxy ("router", "router+features" or "nginx")."""
+    out = fleet.dir / f"{name}.callgrind"
+    wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
+    if name == "nginx":
+        target = fleet.start_nginx(name, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
+    else:
+        features = name == "router+features"
+        target = fleet.start_router(name, features, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
+    assert target.pid is not None
+    asyncio.run(_requests(target, warmup, tokens, f"{name}-warm"))
+    _control(target.pid, "-i", "on")
+    asyncio.run(_requests(target, requests, tokens, f"{name}-count"))
+    _control(target.pid, "-i", "off")
+    _control(target.pid, "-d")  # write the counts now: a proxy killed at stop would not
+    fleet.stop(name)
+    total = 0
+    for dump in fleet.dir.glob(out.name + "*"):  # the dump (and the exit's, with nothing counted since)
+        match = _TOTAL.search(dump.read_bytes())
+        total += int(match.group(1)) if match else 0
+    if not total:
+        raise RuntimeError(f"no instructions counted in {out}*")
+    return total / requests
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=300, help="counted requests (default 300)")
+    ap.add_argument("--tokens", type=int, default=5, help="token events per request (default 5)")
+    ap.add_argument("--warmup", type=int, default=50, help="requests before counting starts (default 50)")
+    ap.add_argument("--features", action="store_true", help="also the router with every feature on")
+    ap.add_argument("--nginx", action="store_true", help="also nginx (one worker, no master)")
+    args = ap.parse_args(argv)
+    if not valgrind_available():
+        print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
+        return 2
+    names = ["router", *(["router+features"] if args.features else [])]
+    if args.nginx:
+        if not nginx_available():
+            print("nginx is not installed: apt-get install -y nginx-light", file=sys.stderr)
+            return 2
+        names.append("nginx")
+    fleet = Fleet(raise_fd_limit())
+    try:
+        fleet.start_mock()
+        counts = {name: measure(fleet, name, args.requests, args.tokens, args.warmup) for name in names}
+    finally:
+        fleet.close()
+    print(f"instructions per streaming request ({args.tokens} tokens, {args.requests} counted, user space):")
+    for name, count in counts.items():
+        print(f"  {name:<16} {count:>12,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
