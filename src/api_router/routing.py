@@ -308,9 +308,7 @@ class Router:
 
     def model_names(self) -> dict[str, str]:
         """Client name → upstream name, for the multipart rewriter."""
-        return {
-            name: mapped for name in self.config.model_mapping if (mapped := self.config.mapped_model(name))
-        }
+        return {name: mapped for name, (mapped, _) in self._models.items() if mapped}
 
     def model_list(self) -> bytes:
         """The fallback for GET /v1/models: the names clients may ask for."""

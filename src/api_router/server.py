@@ -31,8 +31,7 @@ def tune_gc() -> None:
     its own cycles), yet the collector still runs now and then, and each run lands on one
     request: ~0.1 ms for a young one, ~2 ms for a middle one, ~12 ms for a full one over the
     ~36k objects of start-up (config, modules), measured here at the default thresholds.
-    Frozen, those objects are never walked again, and a forked worker does not copy them by
-    touching their GC headers.
+    Frozen, those objects are never walked again.
     """
     gc.collect()
     gc.freeze()

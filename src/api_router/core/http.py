@@ -50,18 +50,12 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 _NONE: frozenset[bytes] = frozenset()
 # The usual values name no header (keep-alive is hop-by-hop already): skip the split.
 PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
-_DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}  # also_drop → with HOP_BY_HOP (a few constants)
 
 
 def end_to_end(headers: HeaderList, also_drop: frozenset[bytes] = _NONE) -> HeaderList:
     """Headers that may be forwarded: drops hop-by-hop ones, those ``Connection`` names, and
     ``also_drop``. Names must be lower-case already (both parsers lower-case them)."""
-    dropped = _DROPPED.get(also_drop)
-    if dropped is None:
-        dropped = _DROPPED[also_drop] = HOP_BY_HOP | also_drop
-    named = connection_tokens(headers)
-    if named:
-        dropped = dropped | named
+    dropped = HOP_BY_HOP | also_drop | connection_tokens(headers)
     return [item for item in headers if item[0] not in dropped]
 
 
