@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,13 +24,42 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-if TYPE_CHECKING:
-    from api_router.net.forward import Forwarder
-
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
 FLUSH_SECS = 1.0
 _BOUNDS = (*_LATENCY_BUCKETS, float("inf"))
+
+
+class _Progress(Protocol):
+    @property
+    def bytes_forwarded(self) -> int: ...
+    @property
+    def heartbeats(self) -> int: ...
+    @property
+    def sse(self) -> bool: ...
+
+
+class _Named(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+class Exchange(Protocol):
+    """What the metrics read off an exchange (a Forwarder); a Protocol keeps this module below net/."""
+
+    published_bytes: int
+    published_heartbeats: int
+
+    @property
+    def route(self) -> _Named: ...
+    @property
+    def state(self) -> _Progress: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def ttfb(self) -> float | None: ...
 
 
 class HistogramTally:
@@ -129,9 +158,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        mode = {"multiprocess_mode": "livesum"}
         self.backend_in_flight = Gauge(
-            "backend_in_flight", "Exchanges in flight", ["backend"], registry=r, **mode
+            "backend_in_flight", "Exchanges in flight", ["backend"], registry=r, multiprocess_mode="livesum"
         )
         self.backend_healthy = Gauge(
             "backend_healthy",
@@ -163,19 +191,19 @@ class Metrics:
     def stream_started(self) -> None:
         self.active_streams += 1  # the gauge is set from this at each flush
 
-    def publish_progress(self, forwarder: Forwarder) -> None:
+    def publish_progress(self, forwarder: Exchange) -> None:
         """Count bytes and heartbeats sent so far (long streams, at heartbeat ticks)."""
         self._count_progress(forwarder)
         self._pending()
 
-    def _count_progress(self, forwarder: Forwarder) -> None:
+    def _count_progress(self, forwarder: Exchange) -> None:
         state = forwarder.state
         self._bytes += state.bytes_forwarded - forwarder.published_bytes
         forwarder.published_bytes = state.bytes_forwarded
         self._heartbeats += state.heartbeats - forwarder.published_heartbeats
         forwarder.published_heartbeats = state.heartbeats
 
-    def exchange_finished(self, forwarder: Forwarder, reason: str) -> None:
+    def exchange_finished(self, forwarder: Exchange, reason: str) -> None:
         route = forwarder.route.path
         self._count_progress(forwarder)
         if forwarder.state.sse:

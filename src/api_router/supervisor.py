@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,9 +127,7 @@ def _mark_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid)
 
 
-def _start_mock_process() -> tuple[object, str]:
-    import subprocess  # noqa: PLC0415
-
+def _start_mock_process() -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "api_router.mock_upstream", "--port", "0"], stdout=subprocess.PIPE, text=True
     )

@@ -13,7 +13,7 @@ import os
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -256,7 +256,7 @@ class DownstreamProtocol(asyncio.Protocol):
         try:
             if not req.url.startswith(b"/"):
                 raise BadRequest("only origin-form request targets (/path) are accepted", code="invalid_url")
-            url = httptools.parse_url(req.url)
+            url: Any = httptools.parse_url(req.url)  # .query is None without one (stub says bytes)
             req.path = url.path.decode()
             req.query = url.query or b""
             req.route = self.app.router.match(req.method, req.path)

@@ -1,0 +1,37 @@
+"""Build: the modules every request and every event runs through are compiled with mypyc.
+
+Everything else (config, CLI, limits, mock upstream) stays plain Python. The compiled modules
+are the same source, type-checked by mypy; compiling them cut the instructions per streaming
+request by ~40 % and the router's own time on the first-token path by ~25 % (see
+docs/architecture.md, "Compiled modules"). ``API_ROUTER_PURE_PYTHON=1`` builds without them
+(no C compiler needed); the behaviour is the same, only slower.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+COMPILED = [
+    "src/api_router/core/heartbeat.py",
+    "src/api_router/core/http.py",
+    "src/api_router/core/sse.py",
+    "src/api_router/core/stream.py",
+    "src/api_router/metrics.py",
+    "src/api_router/net/downstream.py",
+    "src/api_router/net/forward.py",
+    "src/api_router/net/upstream.py",
+    "src/api_router/routing.py",
+]
+
+
+def _ext_modules() -> list[object]:
+    if os.environ.get("API_ROUTER_PURE_PYTHON"):
+        return []
+    from mypyc.build import mypycify  # noqa: PLC0415  (a build requirement, see pyproject.toml)
+
+    return list(mypycify(COMPILED, opt_level="3"))
+
+
+setup(ext_modules=_ext_modules())
