@@ -14,6 +14,7 @@ import os
 from setuptools import setup
 
 COMPILED = [
+    "src/api_router/core/balancer.py",
     "src/api_router/core/heartbeat.py",
     "src/api_router/core/http.py",
     "src/api_router/core/sse.py",

@@ -134,7 +134,7 @@ class CircuitBreaker:
         probe = " probe-in-flight" if self._probe_started is not None else ""
         return (
             f"<CircuitBreaker {self.state.value}{probe} failures={self.consecutive_failures}"
-            f"/{self.failure_threshold} cooldown={self.cooldown}>"
+            f"/{self.failure_threshold} cooldown={self.cooldown:g}>"
         )
 
 
@@ -181,7 +181,9 @@ class Backend:
             and self.breaker.would_allow(now)
         )
 
-    available = could_serve  # the name used by the issue; same non-consuming check
+    def available(self, now: float) -> bool:
+        """The name the issue uses for ``could_serve`` (an alias: mypyc compiles no method aliases)."""
+        return self.could_serve(now)
 
     def admit(self, now: float) -> bool:
         """Like ``could_serve`` but takes the half-open probe: call it on the chosen backend only."""
