@@ -10,6 +10,11 @@ docs/architecture.md, "Compiled modules"). ``API_ROUTER_PURE_PYTHON=1`` builds w
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
 
 from setuptools import setup
 
@@ -27,8 +32,18 @@ COMPILED = [
 ]
 
 
+def _can_compile() -> bool:
+    """A C compiler and Python.h: without them, install plain Python rather than fail."""
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")[:1]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return bool(compiler) and shutil.which(compiler[0]) is not None and headers.exists()
+
+
 def _ext_modules() -> list[object]:
     if os.environ.get("API_ROUTER_PURE_PYTHON"):
+        return []
+    if not _can_compile():
+        print("api-router: no C compiler or Python.h here; installing plain Python (slower)", file=sys.stderr)
         return []
     from mypyc.build import mypycify  # noqa: PLC0415  (a build requirement, see pyproject.toml)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -290,7 +291,15 @@ def machine() -> dict[str, Any]:
         else None,
         "loadavg": os.getloadavg(),
         "commit": commit or None,
+        "build": _router_build(),
     }
+
+
+def _router_build() -> str:
+    """Whether the router the benchmark starts runs its mypyc-compiled modules (setup.py)."""
+    spec = importlib.util.find_spec("api_router.net.forward")
+    origin = spec.origin if spec is not None else None
+    return "compiled with mypyc" if origin and origin.endswith(".so") else "plain Python"
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -300,6 +309,7 @@ def machine_line(info: dict[str, Any]) -> str:
         + (f", nginx {info['nginx']}" if info.get("nginx") else "")
         + (f", LiteLLM {info['litellm']}" if info.get("litellm") else "")
         + (f"; router at {info['commit']}" if info.get("commit") else "")
+        + (f", {info['build']}" if info.get("build") else "")
     )
 
 
