@@ -240,6 +240,14 @@ class Fleet:
         svc.port = self.upstream_port
         return Target("direct", "127.0.0.1", svc.port)
 
+    def start_pump(self) -> Target:
+        """bench.pump: a Python byte pump on uvloop in front of the mock (bench.floor)."""
+        pump = Path(__file__).with_name("pump.py")  # run as a script: the child's cwd is self.dir
+        argv = [sys.executable, str(pump), "--upstream-port", str(self.upstream_port)]
+        svc = self._add(Service("pump", argv, self.dir))
+        svc.port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
+        return Target("pump", "127.0.0.1", svc.port, svc.pid)
+
     def start_router(
         self,
         name: str = "router",

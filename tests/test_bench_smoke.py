@@ -4,31 +4,26 @@ through each workload and checks correctness only (every token, in order; no fai
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_run import run_bench
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    proc, output = run_bench("bench", "--smoke", "--results-dir", str(tmp_path), timeout=240)
     assert proc.returncode == 0, output
     assert "smoke: ok" in proc.stdout, output
     assert "workers     router-2w" in proc.stdout, output  # the --workers 2 router ran workload 8
     assert len(list(tmp_path.glob("bench-*.json"))) == 1
+
+
+@pytest.mark.timeout(120)
+def test_floor_compares_the_router_with_a_python_byte_pump() -> None:
+    proc, output = run_bench("bench.floor", "--reps", "1", "--requests", "10", "--no-nginx", timeout=100)
+    assert proc.returncode == 0, output
+    rows = {line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {"direct", "pump", "router"} <= rows, output
