@@ -1,7 +1,7 @@
 """python -m bench.floor: what a proxy adds to time to first token, against a Python floor.
 
 Workload 3's shape (sequential streaming requests on one keep-alive connection) against the
-mock directly, a bare Python byte pump on uvloop (``bench.pump``: no parsing, no routing, the
+mock directly, a bare Python byte pump on uvloop (``bench/pump.py``: no parsing, no routing, the
 least any Python proxy on this loop can add), nginx and the router, interleaved, several
 repetitions. If the pump adds what nginx adds, the event loop is not what the router pays for;
 its own per-request code is. TTFT is what moves between runs here, so compare rows of one run.
@@ -10,12 +10,10 @@ its own per-request code is. TTFT is what moves between runs here, so compare ro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 
-from bench.loadgen import run_load
-from bench.spec import LoadSpec, Shape
+from bench.loadgen import run_sequential
 from bench.targets import Fleet, nginx_available, raise_fd_limit
 
 
@@ -31,11 +29,7 @@ def run(reps: int, requests: int, tokens: int, with_nginx: bool) -> dict[str, li
         for rep in range(reps):
             for target in targets:
                 run_id = f"{target.name}-{rep}"
-                shape = Shape(tokens, 0.0, 16)
-                spec = LoadSpec(target.host, target.port, shape, run_id, requests_per_conn=requests)
-                report = asyncio.run(run_load(spec))
-                if report["failed"] or report["ok"] != requests:
-                    raise RuntimeError(f"requests through {target.name} failed: {report['first_errors']}")
+                report = run_sequential(target.host, target.port, target.name, requests, tokens, run_id)
                 results[target.name].append((report["ttft_ms"]["p50"], report["ttft_ms"]["p99"]))
         return results
     finally:

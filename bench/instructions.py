@@ -14,16 +14,13 @@ Needs Debian's ``valgrind`` (and nginx for ``--nginx``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import shutil
 import subprocess
 import sys
-from typing import Any
 
-from bench.loadgen import run_load
-from bench.spec import LoadSpec, Shape
-from bench.targets import Fleet, Target, nginx_available, raise_fd_limit
+from bench.loadgen import run_sequential
+from bench.targets import Fleet, nginx_available, raise_fd_limit
 
 VALGRIND_READY_S = 180.0  # Python under valgrind takes tens of seconds to import the router
 _TOTAL = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
@@ -37,13 +34,6 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, timeout=60, check=True)
 
 
-async def _requests(target: Target, count: int, tokens: int, run_id: str) -> None:
-    spec = LoadSpec(target.host, target.port, Shape(tokens, 0.0, 16), run_id, requests_per_conn=count)
-    report: dict[str, Any] = await run_load(spec)
-    if report["failed"] or report["ok"] != count:
-        raise RuntimeError(f"requests through {target.name} failed: {report['first_errors']}")
-
-
 def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) -> float:
     """Instructions per request for one proxy ("router", "router+features" or "nginx")."""
     out = fleet.dir / f"{name}.callgrind"
@@ -54,9 +44,9 @@ def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) ->
         features = name == "router+features"
         target = fleet.start_router(name, features, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
     assert target.pid is not None
-    asyncio.run(_requests(target, warmup, tokens, f"{name}-warm"))
+    run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm")
     _control(target.pid, "-i", "on")
-    asyncio.run(_requests(target, requests, tokens, f"{name}-count"))
+    run_sequential(target.host, target.port, name, requests, tokens, f"{name}-count")
     _control(target.pid, "-i", "off")
     _control(target.pid, "-d")  # write the counts now: a proxy killed at stop would not
     fleet.stop(name)

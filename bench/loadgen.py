@@ -20,7 +20,7 @@ from typing import Any, cast
 import httptools
 
 from bench.measure import ProcTree, ms_summary
-from bench.spec import GOOD, LoadSpec, Req, request_bytes
+from bench.spec import GOOD, LoadSpec, Req, Shape, request_bytes
 
 TOKEN_RE = re.compile(rb'"(?:content|text)": ?"t(\d{8})')
 SLOW_RCVBUF = 64 * 1024
@@ -391,3 +391,14 @@ def _report(
     if hold:
         out["hold"] = hold
     return out
+
+
+def run_sequential(host: str, port: int, name: str, count: int, tokens: int, run_id: str) -> dict[str, Any]:
+    """Workload 3's shape: ``count`` streaming requests one after another on one keep-alive
+    connection. Returns the report; raises if any failed (bench.instructions and bench.floor
+    measure, they do not count failures)."""
+    spec = LoadSpec(host, port, Shape(tokens, 0.0, 16), run_id, requests_per_conn=count)
+    report = asyncio.run(run_load(spec))
+    if report["failed"] or report["ok"] != count:
+        raise RuntimeError(f"requests through {name} failed: {report['first_errors']}")
+    return report
