@@ -60,6 +60,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._view = _read_view(8192)
         self._headers: HeaderList = []
         self._close_delimited = False
+        # Pool hygiene (no client may get bytes meant for another): ``_answered`` is set when the
+        # final response of the current request is complete; anything after it is a defect of the
+        # upstream and condemns the connection. ``_feeding`` defers a release asked for inside a
+        # read until the whole read is parsed, so bytes after the response in the same read are
+        # seen before any other exchange can borrow the connection.
+        self._answered = False
+        self._feeding = False
+        self._release_pending = False
         self.requests = 0
         self.closed = False
         self.idle_since = 0.0
@@ -73,12 +81,22 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         listener = self.listener
+        if listener is None:
+            # Bytes nobody asked for (an idle pooled connection, or after the response): whatever
+            # they are, they must never reach the next borrower, so the connection is discarded.
+            self.close()
+            return
+        self._feeding = True
         try:
             self.parser.feed_data(self._view[:nbytes])
         except httptools.HttpParserError as exc:
             self._fail(UpstreamUnreachable(f"upstream {self.origin} sent invalid HTTP: {exc}"))
-        if listener is not None:
-            listener.upstream_flush()  # one downstream write per upstream read
+        finally:
+            self._feeding = False
+        listener.upstream_flush()  # one downstream write per upstream read
+        if self._release_pending:
+            self._release_pending = False
+            self.pool.release(self)
 
     def eof_received(self) -> bool:
         return False
@@ -104,6 +122,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._answered:  # a second response to one request: the upstream is out of step
+            self.close()
+            return
         self._headers = []
         self._close_delimited = False
 
@@ -133,6 +154,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return  # an interim response (100 Continue): the real one follows on this connection
         keep_alive = self.parser.should_keep_alive()
         self._close_delimited = False
+        self._answered = True
         listener, self.listener = self.listener, None
         if listener is not None:
             listener.upstream_done(keep_alive)
@@ -140,6 +162,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- used by the Forwarder ----------------------------------------------------------
     def bind(self, listener: ResponseListener, buffer_size: int) -> None:
         self.listener = listener
+        self._answered = False
         self.requests += 1
         if len(self._view) != buffer_size:
             self._view = _read_view(buffer_size)
@@ -248,6 +271,9 @@ class UpstreamPool:
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed or conn.listener is not None:
+            return
+        if conn._feeding:  # asked from inside a read: pooled once the rest of that read is parsed
+            conn._release_pending = True
             return
         idle = self._idle.setdefault(conn.origin.key, deque())
         if len(idle) >= self._max_idle:
