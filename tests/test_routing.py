@@ -25,24 +25,42 @@ def reference_head(
     streaming: bool,
 ) -> bytes:
     """The rules, one at a time: end-to-end client headers; config headers override the client's
-    but never its credentials or content type; the router's key unless the client sent one; then
-    host, request id, X-Forwarded-For, identity encoding for streams, and the body framing."""
+    but never its content type; the client's credentials pass only with gateway keys off and
+    either bring-your-own-key or no router key, else the router's key (and anthropic-version on
+    Anthropic routes, unless the client sent one); then host, request id, X-Forwarded-For,
+    identity encoding for streams, and the body framing."""
     headers = end_to_end(client_headers, _ROUTER_OWNED)
-    has_content_type = any(name == b"content-type" for name, _ in headers)
-    client_auth = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
     own = _overlay(route.headers, target.headers)
     configured = {name for name, _ in own}
+    api_key = target.api_key or router.api_key
+    router_has_key = bool(api_key) or bool(configured & {b"authorization", b"x-api-key"})
+    forward = route.forward_client_credentials
+    if target.forward_client_credentials is not None:
+        forward = target.forward_client_credentials
+    pass_credentials = not router.gateway_keys and (forward or not router_has_key)
+    if not pass_credentials:
+        headers = [(n, v) for n, v in headers if n not in (b"authorization", b"x-api-key")]
+    has_content_type = any(name == b"content-type" for name, _ in headers)
+    has_version = any(name == b"anthropic-version" for name, _ in headers)
+    client_auth = any(name in (b"authorization", b"x-api-key") for name, _ in headers)
     keep = {b"content-type"} if has_content_type else set()
     if client_auth:
         keep |= {b"authorization", b"x-api-key"}
     headers = [(n, v) for n, v in headers if n not in configured or n in keep]
     headers += [(n, v) for n, v in own if n not in keep]
-    api_key = target.api_key or router.api_key
-    if not client_auth and api_key and b"authorization" not in configured:
+    if not client_auth and api_key and not configured & {b"authorization", b"x-api-key"}:
         if route.flavor is ApiFlavor.ANTHROPIC:
             headers.append((b"x-api-key", api_key.encode()))
         else:
             headers.append((b"authorization", b"Bearer " + api_key.encode()))
+    if (
+        route.flavor is ApiFlavor.ANTHROPIC
+        and not pass_credentials
+        and router_has_key
+        and b"anthropic-version" not in configured
+        and not has_version
+    ):
+        headers.append((b"anthropic-version", b"2023-06-01"))
     headers.append((b"host", target.origin.host_header))
     headers.append((b"x-request-id", request_id))
     forwarded = next((v for n, v in headers if n == b"x-forwarded-for"), None)
@@ -66,6 +84,7 @@ CLIENT_NAMES = [
     b"content-type",
     b"authorization",
     b"x-api-key",
+    b"anthropic-version",
     b"x-forwarded-for",
     b"x-team",
     b"openai-organization",
@@ -103,6 +122,9 @@ client_headers = st.lists(
     body_length=st.sampled_from([None, 0, 123]),
     client_addr=st.sampled_from([None, "10.0.0.7"]),
     streaming=st.booleans(),
+    forward=st.sampled_from([None, False, True]),
+    backend_forward=st.sampled_from([None, False, True]),
+    gateway_keys=st.booleans(),
 )
 def test_upstream_head_follows_the_reference(
     global_headers: dict[str, str],
@@ -116,20 +138,24 @@ def test_upstream_head_follows_the_reference(
     body_length: int | None,
     client_addr: str | None,
     streaming: bool,
+    forward: bool | None,
+    backend_forward: bool | None,
+    gateway_keys: bool,
 ) -> None:
     config = from_dict(
         {
             "baseUrl": "http://127.0.0.1:9/base",
             "headers": global_headers,
-            "endpoints": {path: {"headers": endpoint_headers}},
+            "endpoints": {path: {"headers": endpoint_headers, "forwardClientCredentials": forward}},
         },
         "<test>",
     )
     router = Router(config)
     router.api_key = router_key
+    router.gateway_keys = gateway_keys
     route = router.match("GET" if path == "/v1/models" else "POST", path)
     assert isinstance(route, Route)
-    target = make_target("b1", "http://upstream.test:8080/v2", backend_headers, backend_key)
+    target = make_target("b1", "http://upstream.test:8080/v2", backend_headers, backend_key, backend_forward)
     args = (route, target, headers, query, body_length, b"rid-1", client_addr, streaming)
     expected = reference_head(router, *args)
     assert router.upstream_head(*args) == expected

@@ -40,7 +40,10 @@ class BackendGroup:
             for b in config.backends
         ]
         self.targets: dict[str, Target] = {
-            b.url: make_target(b.url, b.url, b.headers, b.api_key() or router_key) for b in config.backends
+            b.url: make_target(
+                b.url, b.url, b.headers, b.api_key() or router_key, b.forward_client_credentials
+            )
+            for b in config.backends
         }
         self.balancer: Balancer = make_balancer(config.balancing, self.backends)
         self._retry_after = max(1, math.ceil(breaker.cooldown_secs))

@@ -196,6 +196,7 @@ class EndpointConfig(_Model):
     rate_limit: RateLimitConfig | None = None
     stream_config: StreamConfigOverride | None = None
     backends: str | None = None  # a backendGroups name; null = the default group
+    forward_client_credentials: bool | None = None  # null: the global setting
 
     @field_validator("upstream_path")
     @classmethod
@@ -232,6 +233,9 @@ class Config(_Model):
     stream_config: StreamConfig = Field(default_factory=StreamConfig)
     endpoints: dict[EndpointPath, EndpointConfig] = Field(default_factory=dict)
     api_key_env: str | None = None
+    # Bring-your-own-key: the client's Authorization / x-api-key go upstream instead of the
+    # router's key. Ignored while ``clients`` is on (a gateway key never leaves the router).
+    forward_client_credentials: bool = False
     upstream_tls: UpstreamTlsConfig = Field(default_factory=UpstreamTlsConfig)
     timeouts: TimeoutsConfig = Field(default_factory=TimeoutsConfig)
     log_level: str = "info"

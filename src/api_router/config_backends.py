@@ -109,6 +109,7 @@ class BackendConfig(_Model):
     weight: int = Field(default=1, ge=1)
     headers: dict[str, str] = Field(default_factory=dict)
     api_key_env: str | None = None
+    forward_client_credentials: bool | None = None  # null: the endpoint's, else the global setting
     max_connections: int | None = Field(default=None, ge=1)
 
     _api_key: SecretStr | None = PrivateAttr(default=None)

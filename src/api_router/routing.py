@@ -97,6 +97,7 @@ class Route:
     headers: HeaderList  # config headers: global, then the endpoint's, lower-cased names
     flavor: ApiFlavor
     backend_group: str | None  # the endpoint's backendGroups name; None = the default group
+    forward_client_credentials: bool = False  # the endpoint's setting, else the global one
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,7 @@ class Target:
     origin: Origin
     headers: HeaderList
     api_key: str | None
+    forward_client_credentials: bool | None = None  # the backend's setting; None: the route's
 
 
 class PreparedJson(NamedTuple):
@@ -118,6 +120,8 @@ class PreparedJson(NamedTuple):
 
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+# Sent with the router's key on Anthropic routes when the client sent none.
+ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")
 _UNMAPPED: tuple[str | None, str | None] = (None, None)
 
 
@@ -126,31 +130,63 @@ class _HeadPlan:
 
     ``variants[2 * client_sent_content_type + client_sent_credentials]`` is (client headers to
     drop, config headers to add): which config headers apply depends only on those two facts.
+
+    Credentials (the client's ``Authorization`` / ``x-api-key``) pass through only when
+    ``pass_credentials``: gateway access control is off, and either the router has no key of
+    its own for this backend or ``forwardClientCredentials`` asks for bring-your-own-key.
+    Otherwise the client's are always dropped and the router's key is sent: with ``clients`` on
+    the client's key is a key to the router, never to the provider.
     """
 
-    __slots__ = ("auth", "forwarded", "has_body_method", "host", "path", "route", "target", "variants")
+    __slots__ = (
+        "auth",
+        "forwarded",
+        "has_body_method",
+        "host",
+        "pass_credentials",
+        "path",
+        "route",
+        "target",
+        "variants",
+        "version",
+    )
 
-    def __init__(self, route: Route, target: Target, router_key: str | None) -> None:
+    def __init__(self, route: Route, target: Target, router_key: str | None, gateway_keys: bool) -> None:
         self.route = route
         self.target = target
         own = _overlay(route.headers, target.headers)
         configured = {name for name, _ in own}
         self.forwarded = next((v for n, v in own if n == b"x-forwarded-for"), None)
         own = [(n, v) for n, v in own if n != b"x-forwarded-for"]  # merged with the client address
+        api_key = target.api_key or router_key
+        router_has_key = bool(api_key) or bool(configured & _CREDENTIALS)
+        forward = target.forward_client_credentials
+        if forward is None:
+            forward = route.forward_client_credentials
+        self.pass_credentials = not gateway_keys and (forward or not router_has_key)
         always_dropped = HOP_BY_HOP | _ROUTER_OWNED | {b"x-forwarded-for"}
+        if not self.pass_credentials:
+            always_dropped |= _CREDENTIALS
         variants = []
         for has_type, has_auth in ((False, False), (False, True), (True, False), (True, True)):
             keep = ({b"content-type"} if has_type else set()) | (_CREDENTIALS if has_auth else set())
             drop = frozenset(always_dropped | (configured - keep))
             variants.append((drop, [(n, v) for n, v in own if n not in keep]))
         self.variants = tuple(variants)
-        api_key = target.api_key or router_key
         self.auth: tuple[bytes, bytes] | None = None
-        if api_key and b"authorization" not in configured:
+        if api_key and not configured & _CREDENTIALS:
             if route.flavor is ApiFlavor.ANTHROPIC:
                 self.auth = (b"x-api-key", api_key.encode())
             else:
                 self.auth = (b"authorization", b"Bearer " + api_key.encode())
+        self.version: tuple[bytes, bytes] | None = None
+        if (
+            route.flavor is ApiFlavor.ANTHROPIC
+            and not self.pass_credentials
+            and router_has_key
+            and b"anthropic-version" not in configured
+        ):
+            self.version = ANTHROPIC_VERSION
         self.host = (b"host", target.origin.host_header)
         self.path = target.origin.base_path.encode() + route.upstream_path
         self.has_body_method = route.upstream_method in (b"POST", b"PUT", b"PATCH")
@@ -162,6 +198,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.api_key = config.api_key()
+        self.gateway_keys = bool(config.clients)  # access control on: client keys are the router's
         self._routes: dict[str, Route] = {}
         self._plans: dict[tuple[int, int], _HeadPlan] = {}  # by (route, target); both live as long
         # client model → (upstream model, backend group), read once: pydantic reads are slow
@@ -203,6 +240,11 @@ class Router:
             headers=headers,
             flavor=builtin.flavor,
             backend_group=endpoint.backends if endpoint is not None else None,
+            forward_client_credentials=(
+                endpoint.forward_client_credentials
+                if endpoint is not None and endpoint.forward_client_credentials is not None
+                else self.config.forward_client_credentials
+            ),
         )
 
     def match(self, method: str, path: str) -> Route | RouteKind:
@@ -236,15 +278,17 @@ class Router:
     ) -> bytes:
         """The request head for the upstream. ``body_length`` None means a chunked body.
 
-        Config headers override the client's, but never the client's credentials or body type;
-        hop-by-hop headers and those the router owns are dropped. ``client_headers`` must have
-        lower-case names (the parser's on_header does that).
+        Config headers override the client's, but never its body type; credentials follow the
+        rule in ``_HeadPlan``; hop-by-hop headers and those the router owns are dropped.
+        ``client_headers`` must have lower-case names (the parser's on_header does that).
         """
         plan = self._plans.get((id(route), id(target)))
         if plan is None or plan.route is not route or plan.target is not target:
-            plan = self._plans[(id(route), id(target))] = _HeadPlan(route, target, self.api_key)
+            plan = self._plans[(id(route), id(target))] = _HeadPlan(
+                route, target, self.api_key, self.gateway_keys
+            )
         named = connection_tokens(client_headers)  # hop-by-hop too; almost always empty
-        has_type = has_auth = False
+        has_type = has_auth = has_version = False
         client_forwarded = None
         for name, value in client_headers:
             if named and name in named:
@@ -255,6 +299,9 @@ class Router:
                 has_auth = True
             elif name == b"x-forwarded-for" and client_forwarded is None:
                 client_forwarded = value
+            elif name == b"anthropic-version":
+                has_version = True
+        has_auth = has_auth and plan.pass_credentials  # else the client's were dropped (see _HeadPlan)
         drop, add = plan.variants[has_type * 2 + has_auth]
         if named:
             drop = drop | named
@@ -262,6 +309,8 @@ class Router:
         headers += add
         if not has_auth and plan.auth is not None:
             headers.append(plan.auth)
+        if plan.version is not None and not has_version:
+            headers.append(plan.version)
         headers.append(plan.host)
         headers.append((b"x-request-id", request_id))
         forwarded = plan.forwarded if plan.forwarded is not None else client_forwarded
@@ -328,8 +377,10 @@ def _overlay(base: HeaderList, top: HeaderList) -> HeaderList:
     return [(n, v) for n, v in base if n not in names] + top
 
 
-def make_target(name: str, url: str, headers: dict[str, str], api_key: str | None) -> Target:
-    return Target(name, parse_origin(url), _lower(headers), api_key)
+def make_target(
+    name: str, url: str, headers: dict[str, str], api_key: str | None, forward_credentials: bool | None = None
+) -> Target:
+    return Target(name, parse_origin(url), _lower(headers), api_key, forward_credentials)
 
 
 __all__ = ["Origin", "PreparedJson", "Route", "RouteKind", "Router", "Target", "parse_origin"]

@@ -148,7 +148,8 @@ def test_auth_injection_and_client_credentials(make_router, upstream):
         json={"model": "m", "input": "a"},
         headers={"x-request-id": "auth-2", "authorization": "Bearer sk-client"},
     )
-    assert upstream_auth("auth-2") == "Bearer sk-client"
+    # The router has a key: it replaces the client's (forwardClientCredentials keeps the client's).
+    assert upstream_auth("auth-2") == "Bearer sk-router"
 
 
 def test_https_upstream_with_a_private_ca(tmp_path):
