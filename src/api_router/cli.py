@@ -8,6 +8,7 @@ upstream are imported lazily so that ``check-config`` stays fast and light.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -118,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("path", metavar="PATH")
 
+    commands.add_parser(
+        "schema",
+        help="print the config file's JSON Schema",
+        description='Print the JSON Schema of the config file. Save it and name it in a config\'s "$schema" '
+        "key for completion and checking in editors (docs/configuration.md).",
+    )
+
     mock = commands.add_parser("mock-upstream", help="run the built-in mock LLM upstream")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
@@ -190,4 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args, os.environ)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "schema":
+        from api_router.config_schema import config_schema  # noqa: PLC0415
+
+        print(json.dumps(config_schema(), indent=2))
+        return 0
     return _mock_upstream(args, parser)

@@ -69,6 +69,7 @@ PRESETS: tuple[str, ...] = ("openai", "anthropic", "ollama", "vllm", "qwen", "op
 DEFAULT_API_KEY_ENV = "DEFAULT_API_KEY"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+SCHEMA_KEY = "$schema"
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -381,6 +382,10 @@ def from_dict(
             source, [("", f"expected a JSON object at the top level, got {type(data).__name__}")]
         )
     merged = _apply_overrides(data, source, overrides)
+    # "$schema" names the JSON Schema (`api-router schema`) for editors; it configures nothing.
+    schema_ref = merged.pop(SCHEMA_KEY, None)
+    if schema_ref is not None and not isinstance(schema_ref, str):
+        raise ConfigError(source, [(SCHEMA_KEY, "must be a string: the URL or path of the JSON Schema")])
     overridden = {Config.model_fields[name].alias for name, v in (overrides or {}).items() if v is not None}
     try:
         config = Config.model_validate(merged, context={"base_dir": base_dir})
