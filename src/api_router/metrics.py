@@ -20,6 +20,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -116,6 +117,11 @@ class Metrics:
         self.known_routes = known_routes or set()
         self.active_streams = 0  # mirrors the gauge, for /health
         r = self.registry
+        if not self.multiprocess:
+            # process_cpu_seconds_total, process_resident_memory_bytes, open fds: read from /proc
+            # at scrape time only. (With --workers each worker is its own process and the summed
+            # multiprocess view has no per-process figures; per pod, run one worker.)
+            ProcessCollector(registry=r)
         self.streaming_active = Gauge(
             "streaming_active", "SSE streams open now", registry=r, multiprocess_mode="livesum"
         )
