@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HELPER = ROOT.parent / "shared" / "containers" / "podman-build"
 TAG = "localhost/api-router:test"
 RUNC = "/usr/sbin/runc"
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 _READY = re.compile(r"api-router listening on http://127\.0\.0\.1:(\d+)")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -44,8 +45,13 @@ def image() -> str:
             [str(HELPER), str(ROOT), TAG], capture_output=True, text=True, timeout=840, check=False
         )
     elif shutil.which("podman"):
+        # As the helper does: the registries may need this machine's CA bundle (ARG PIP_CERT).
+        ca = ["-v", f"{HOST_CA}:/run/host-ca.crt:ro", "--build-arg", "PIP_CERT=/run/host-ca.crt"]
+        limits = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
+        argv = [*_podman(), "build", "--network", "host", *limits]
+        argv += [*(ca if Path(HOST_CA).exists() else []), "-t", TAG, str(ROOT)]
         build = subprocess.run(
-            [*_podman(), "build", "--network", "host", "-t", TAG, str(ROOT)],
+            argv,
             capture_output=True,
             text=True,
             timeout=840,
