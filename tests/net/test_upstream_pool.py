@@ -153,3 +153,21 @@ def test_a_pooled_connection_serves_the_next_borrower_cleanly(loop):
     run(loop, step)
     assert (first.body, second.body) == (b"one", b"two")
     assert not transport.aborted and pool.idle_count == 1
+
+
+def test_a_larger_buffer_size_elsewhere_leaves_streams_in_flight_readable(loop):
+    """Layers issue, defect 1: a route with a larger bufferSize released the shared read views
+    that live connections still held, so their next read failed (``get_buffer`` error)."""
+    pool, small, _ = borrowed(loop)
+    _, large, _ = borrowed(loop)
+    first, second = PoolingListener(pool, small), PoolingListener(pool, large)
+
+    def step() -> None:
+        small.bind(first, 4096)
+        feed(small, b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nhalf")
+        large.bind(second, 1 << 20)  # a size larger than any seen before
+        feed(large, response(b"big"))
+        feed(small, b"done")  # the stream in flight reads on
+
+    run(loop, step)
+    assert first.body == b"halfdone" and second.body == b"big"

@@ -25,12 +25,17 @@ _VIEWS: dict[int, memoryview] = {}
 
 
 def _read_view(size: int) -> memoryview:
+    """A view of ``size`` bytes of the loop-wide read buffer.
+
+    A larger size than any before gets a new, larger buffer. Views of the old one are never
+    released: live connections still read into them (releasing them broke every stream in flight
+    when a route with a larger ``bufferSize`` was first used); each keeps the old buffer alive
+    for as long as it holds the view (a few buffers at most: one per growth).
+    """
     global _SHARED_READ_BUFFER
     view = _VIEWS.get(size)
     if view is None:
         if size > len(_SHARED_READ_BUFFER):
-            for old in _VIEWS.values():
-                old.release()
             _VIEWS.clear()
             _SHARED_READ_BUFFER = bytearray(size)
         view = _VIEWS[size] = memoryview(_SHARED_READ_BUFFER)[:size]
