@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from api_router.net.forward import Forwarder
 
 
+CACHE_STATS_EVERY_SECS = 1.0
+
+
 class App:
     """What every connection shares: config, router, upstream pool, metrics."""
 
@@ -61,6 +64,7 @@ class App:
         self._all_closed: asyncio.Event | None = None
         self.cache: ResponseCache | None = None
         self._cache_config: CacheConfig | None = None
+        self._cache_stats_at = -CACHE_STATS_EVERY_SECS  # loop time of the last Redis count
         self.limiter: InProcessLimiter | RedisLimiter | None = None
         self._limiter_config: RateLimitConfig | None = None
         self.stream_slots = StreamSlots()
@@ -76,8 +80,10 @@ class App:
         self.backends = BackendSet(config)
         self.backends.start_health_checks(self.pool)
         if self.cache is None or self._cache_config != config.cache:
-            self.cache = make_cache(config.cache)
+            old_cache, self.cache = self.cache, make_cache(config.cache)
             self._cache_config = config.cache
+            if isinstance(old_cache, RedisCache):  # its connections would stay open for good
+                spawn(old_cache.aclose())
         self.limits = {route.path: resolve_limit(config, route.path) for route in self.router.routes}
         self.access = access_control(config)
         self.client_limits = {
@@ -230,13 +236,23 @@ class App:
         return self.metrics.render()
 
     def cache_stats_body(self) -> bytes:
+        self._count_redis_entries_soon()
         stats = self.cache.stats() if self.cache is not None else {"enabled": False}
         return json.dumps(stats).encode()
+
+    def _count_redis_entries_soon(self) -> None:
+        """A Redis cache's entries and bytes are counted (SCAN) when someone asks for them, at
+        most once per CACHE_STATS_EVERY_SECS: the answer shows the last count, never waits for one."""
+        cache, now = self.cache, self.loop.time()
+        if isinstance(cache, RedisCache) and now - self._cache_stats_at >= CACHE_STATS_EVERY_SECS:
+            self._cache_stats_at = now
+            spawn(cache.refresh_stats())
 
     def access_log(self, forwarder: Forwarder, outcome: str) -> None:
         logs.access_line(forwarder, outcome)
 
     def health_body(self) -> bytes:
+        self._count_redis_entries_soon()
         return json.dumps(
             {
                 "status": "draining" if self.draining else "ok",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from api_router.config import Config, ConfigError, RateLimitConfig
+from api_router.core.access import presented_key
 from api_router.core.token_bucket import TokenBucket
 from api_router.errors import GatewayError, ServiceUnavailable
 
@@ -98,18 +99,9 @@ CONCURRENCY_LIMITED = Decision(False, 1.0, "concurrency")
 
 
 def client_key(headers: list[tuple[bytes, bytes]], peer: str | None) -> str:
-    """The bucket owner: ``key:<hash of the bearer token>``, else ``ip:<peer address>``."""
-    token = b""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, rest = value.strip().partition(b" ")
-            token = rest.strip() if scheme.lower() == b"bearer" else value.strip()
-            break
-    if not token:
-        for name, value in headers:
-            if name == b"x-api-key":
-                token = value.strip()
-                break
+    """The bucket owner: ``key:<hash of the caller's key>`` (``core.access.presented_key``),
+    else ``ip:<peer address>``."""
+    token = presented_key(headers)
     if token:
         return "key:" + hashlib.sha256(token).hexdigest()[:16]
     # peer is None only on transports without an address (never TCP); they share "ip:unknown".
@@ -220,9 +212,6 @@ class InProcessLimiter:
         wait = bucket.take(now)
         self._stats.count(route, not wait)
         return Decision(False, wait, "rate") if wait else ALLOWED
-
-    async def admit(self, key: str, route: str, limit: Limit) -> Decision:
-        return self.check(key, route, limit, time.monotonic())
 
     def sweep(self, now: float) -> None:
         """Drop buckets that are full again at ``now``, then the oldest over ``max_buckets``."""
@@ -418,7 +407,6 @@ class Limiter(Protocol):
 
     backend_errors: int
 
-    async def admit(self, key: str, route: str, limit: Limit) -> Decision: ...
     def snapshot(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...
 

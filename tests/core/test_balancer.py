@@ -176,7 +176,6 @@ def test_breaker_rejects_bad_settings(kwargs: dict[str, float]) -> None:
 def test_backend_availability_and_repr() -> None:
     backend = Backend("a", "http://a.test", weight=2, max_connections=1)
     assert backend.could_serve(0)
-    assert backend.available(0)
     backend.in_flight = 1
     assert not backend.could_serve(0)
     assert repr(backend) == "<Backend a http://a.test weight=2 in_flight=1/1 healthy closed>"

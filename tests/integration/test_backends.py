@@ -254,3 +254,9 @@ def test_redis_cache_is_shared_by_two_routers(upstream):
             )
             assert hit.json()["data"]
             assert served(upstream) == 1
+            # Redis's own count reaches /cache/stats (it was never taken: entries stayed null).
+            stats = wait_for(
+                lambda: (s := httpx.get(two.url + "/cache/stats").json())["entries"] == 1 and s,
+                what="the Redis entry count in /cache/stats",
+            )
+            assert stats["bytes"] > 0 and stats["backend"] == "redis"

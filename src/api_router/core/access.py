@@ -57,8 +57,11 @@ class ClientPolicy:
             raise ValueError(f"client {self.name!r}: key_hash must be a SHA-256 digest (32 bytes)")
 
 
-def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The key from ``Authorization: Bearer K``, else ``x-api-key: K``; b"" if neither."""
+def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The key from ``Authorization: Bearer K``, else ``x-api-key: K``; b"" if neither.
+
+    The one reading of a caller's key: access control and the rate limiter's bucket owner
+    (``limits.client_key``) both use it, so they never disagree on who is calling."""
     for name, value in headers:
         if name == b"authorization":
             scheme, _, rest = value.strip().partition(b" ")
@@ -88,7 +91,7 @@ class AccessControl:
 
         Raises ``Unauthorized`` if the key is missing or unknown. Call only when ``enabled``.
         """
-        key = _presented_key(headers)
+        key = presented_key(headers)
         if not key:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
         digest = hashlib.sha256(key).digest()

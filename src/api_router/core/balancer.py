@@ -181,10 +181,6 @@ class Backend:
             and self.breaker.would_allow(now)
         )
 
-    def available(self, now: float) -> bool:
-        """The name the issue uses for ``could_serve`` (an alias: mypyc compiles no method aliases)."""
-        return self.could_serve(now)
-
     def admit(self, now: float) -> bool:
         """Like ``could_serve`` but takes the half-open probe: call it on the chosen backend only."""
         return (
