@@ -51,6 +51,7 @@ class _Request:
         "body_bytes",
         "error",
         "forwarder",
+        "head_done",
         "header_bytes",
         "headers",
         "keep_alive",
@@ -68,6 +69,7 @@ class _Request:
         self.url = b""
         self.headers: HeaderList = []
         self.header_bytes = 0
+        self.head_done = False  # after it, on_header reports trailer fields of a chunked body
         self.method = "GET"
         self.path = "/"
         self.query = b""
@@ -209,7 +211,10 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self._req
         assert req is not None
         req.header_bytes += len(name) + len(value) + 4
-        req.headers.append((name.lower(), value))
+        if not req.head_done:
+            req.headers.append((name.lower(), value))
+        # else a chunked body's trailer field: dropped, never merged into the head (it would go
+        # upstream as a header and could carry credentials), but counted against the same limits
         if req.header_bytes > self._max_header_bytes:
             self._too_large(req, f"request headers over {self._max_header_bytes} bytes")
         elif len(req.headers) > self._max_headers:
@@ -223,6 +228,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
+        req.head_done = True
         parser = self.parser
         assert parser is not None  # a callback of this very parser
         req.method = parser.get_method().decode("ascii")
