@@ -98,6 +98,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_wake_every",
         "_write_limit",
         "app",
+        "close_after",
         "exchange",
         "http11",
         "parser",
@@ -111,6 +112,9 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer: str | None = None
         self.http11 = True
+        # The exchange's request said "Connection: close" (or is HTTP/1.0 without keep-alive):
+        # RFC 9112 §9.6, the connection closes after its response, which says so.
+        self.close_after = False
         self.exchange: Forwarder | None = None
         self._req: _Request | None = None
         self._queue: deque[_Request] | None = None  # pipelined requests; made on first use (~0.4 KB)
@@ -259,9 +263,15 @@ class DownstreamProtocol(asyncio.Protocol):
             error = BadRequest("unsupported Transfer-Encoding", code="unsupported_transfer_encoding")
             self._reject_and_close(error)
             raise error
+        if not req.url.startswith(b"/"):
+            # Absolute-form or asterisk-form: answered, then closed (SECURITY.md), as a proxy
+            # request this router will not serve must not leave a connection open for the next.
+            req.error = BadRequest(
+                "only origin-form request targets (/path) are accepted", code="invalid_url"
+            )
+            req.keep_alive = False
+            return
         try:
-            if not req.url.startswith(b"/"):
-                raise BadRequest("only origin-form request targets (/path) are accepted", code="invalid_url")
             url: Any = httptools.parse_url(req.url)  # .query is None without one (stub says bytes)
             req.path = url.path.decode()
             req.query = url.query or b""
@@ -470,6 +480,7 @@ class DownstreamProtocol(asyncio.Protocol):
     ) -> Forwarder:
         router = self.app.router
         headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
+        self.close_after = not req.keep_alive
 
         def head(target: Target, body_length: int | None) -> bytes:
             return router.upstream_head(
@@ -599,7 +610,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def exchange_finished(self, forwarder: Forwarder, keep_alive: bool) -> None:
         if self.exchange is forwarder:
             self.exchange = None
-        if self.app.draining:
+        if self.app.draining or self.close_after:
             keep_alive = False
         req = self._req
         if req is not None and req.forwarder is forwarder:

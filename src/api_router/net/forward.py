@@ -406,6 +406,8 @@ class Forwarder:
             self._framing = Framing.LENGTH
         else:
             self._framing = Framing.CHUNKED
+        if self.downstream.close_after and self._framing is not Framing.CLOSE:  # CLOSE says it already
+            out.append((b"connection", b"close"))
         self._out.append(response_head(status, out, self._framing, int(length or 0)))
         self.state.response_started(is_sse)
         self.last_read = now
@@ -548,7 +550,9 @@ class Forwarder:
         keep_alive = False
         if ending.error_response is not None:
             self.status = ending.error_response.status
-            keep_alive = self.downstream.send_error(ending.error_response, self.route.flavor, self.request_id)
+            keep_alive = self.downstream.send_error(
+                ending.error_response, self.route.flavor, self.request_id, not self.downstream.close_after
+            )
         elif ending.close_downstream:
             self.downstream.abort()
         else:
