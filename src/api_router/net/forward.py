@@ -342,6 +342,8 @@ class Forwarder:
         if self._body_complete and self._body_chunked_upstream:
             conn.write(LAST_CHUNK)
             self._body_chunked_upstream = False
+        if self._body_complete:
+            self.last_read = self.loop.time()  # the upstream's silence clock starts now
         self._pending_bytes = 0
         # Only if those writes left room: a write above the upstream's high-water mark paused
         # the client (upstream_writable) and resuming here would undo it, so an upload to a
@@ -442,7 +444,8 @@ class Forwarder:
         if out:
             self._out = []
             self.transport.writelines(out)
-        self.last_read = self.loop.time()
+        if self.status:  # pieces of a head still unfinished do not reset the silence clock
+            self.last_read = self.loop.time()
 
     def upstream_done(self, keep_alive: bool) -> None:
         self._apply(self.state.upstream_finished(keep_alive and self._body_complete))
@@ -512,7 +515,9 @@ class Forwarder:
         self._timer = None
         now = self.loop.time()
         timeout = self.app.read_timeout
-        if self._paused:  # silence we caused by not reading is not the upstream's fault
+        if self._paused or not self._body_complete:
+            # Silence we caused by not reading, or while the client is still uploading (the
+            # upstream cannot answer before the body ends), is not the upstream's fault.
             self.last_read = now
         if now - self.last_read >= timeout:
             self._apply(self.state.upstream_failed(UpstreamTimeout(f"upstream silent for {timeout:g} s")))

@@ -21,6 +21,16 @@ from api_router.routing import Origin
 
 _SHARED_READ_BUFFER = bytearray(0)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# A response head is bounded as a request head is (limits.maxHeaderBytes / maxHeaders defaults):
+# an upstream streaming header lines without end grew the router by ~118 MB.
+MAX_RESPONSE_HEAD_BYTES = 65536
+MAX_RESPONSE_HEADERS = 100
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a response head over the bounds."""
+
+
 _VIEWS: dict[int, memoryview] = {}
 
 
@@ -64,6 +74,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.parser = httptools.HttpResponseParser(self)
         self._view = _read_view(8192)
         self._headers: HeaderList = []
+        self._head_bytes = 0
         self._close_delimited = False
         # Pool hygiene (no client may get bytes meant for another): ``_answered`` is set when the
         # final response of the current request is complete; anything after it is a defect of the
@@ -95,7 +106,11 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         try:
             self.parser.feed_data(self._view[:nbytes])
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamUnreachable(f"upstream {self.origin} sent invalid HTTP: {exc}"))
+            if isinstance(exc.__context__, _HeadTooLarge):
+                message = f"upstream {self.origin} sent a response head over the limits: {exc.__context__}"
+            else:
+                message = f"upstream {self.origin} sent invalid HTTP: {exc}"
+            self._fail(UpstreamUnreachable(message))
         finally:
             self._feeding = False
         listener.upstream_flush()  # one downstream write per upstream read
@@ -131,10 +146,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.close()
             return
         self._headers = []
+        self._head_bytes = 0
         self._close_delimited = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
         self._headers.append((name.lower(), value))
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise _HeadTooLarge(f"over {MAX_RESPONSE_HEAD_BYTES} bytes")
+        if len(self._headers) > MAX_RESPONSE_HEADERS:
+            raise _HeadTooLarge(f"more than {MAX_RESPONSE_HEADERS} headers")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

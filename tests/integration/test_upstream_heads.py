@@ -1,0 +1,120 @@
+"""A broken upstream's response head, and upstream silence (hardening issue, defects 4 and 7).
+
+Real sockets on both sides: a raw upstream that never finishes its head (fast, without end; or
+one line at a time, slowly), and an upload that outlasts ``timeouts.readSecs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.router_process import RouterProcess
+
+
+class RawUpstream:
+    """Accepts connections, reads the request head, then runs ``behave(conn, stop)``."""
+
+    def __init__(self, behave: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.behave = behave
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data and (piece := conn.recv(65536)):
+                data += piece
+            with contextlib.suppress(OSError):  # the router hung up: that is its answer
+                self.behave(conn, self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def endless_head(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+    for _ in range(20_000):  # 20 MB of header lines, bounded
+        if stop.is_set():
+            return
+        conn.sendall(line)
+
+
+def dripped_head(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    for n in range(100):  # one header line every 0.2 s: each arrives well inside readSecs
+        if stop.wait(0.2):
+            return
+        conn.sendall(b"X-Drip-%d: x\r\n" % n)
+
+
+@pytest.fixture
+def router_for() -> Iterator[Callable[..., RouterProcess]]:
+    made: list[object] = []
+
+    def make(behave: Callable[[socket.socket, threading.Event], None], **config: object) -> RouterProcess:
+        upstream = RawUpstream(behave)
+        router = RouterProcess({"baseUrl": upstream.url, "retries": 0, **config})
+        made.extend((router, upstream))
+        return router
+
+    yield make
+    for thing in reversed(made):
+        thing.close()  # type: ignore[attr-defined]
+
+
+def test_an_endless_response_head_is_a_502_and_memory_stays_bounded(router_for):
+    router = router_for(endless_head)
+    before = router.rss_kb()
+    resp = httpx.post(router.url + "/v1/embeddings", json={"model": "m", "input": "x"}, timeout=20)
+    assert resp.status_code == 502, resp.text
+    assert "response head" in resp.json()["error"]["message"]
+    assert (router.rss_kb() - before) / 1024 < 16
+
+
+def test_a_response_head_dripped_line_by_line_gets_the_504_readsecs_promises(router_for):
+    router = router_for(dripped_head, timeouts={"readSecs": 1})
+    started = time.monotonic()
+    resp = httpx.post(router.url + "/v1/embeddings", json={"model": "m", "input": "x"}, timeout=15)
+    assert resp.status_code == 504, resp.text
+    assert time.monotonic() - started < 5  # readSecs 1, with the timer's granularity: not 20 s
+
+
+def test_an_upload_longer_than_readsecs_is_not_upstream_silence(upstream):
+    config = {"baseUrl": upstream.url, "timeouts": {"readSecs": 1}}
+
+    def body() -> Iterator[bytes]:
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        yield b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        yield b"Content-Type: audio/wav\r\n\r\nRIFF"
+        for _ in range(10):  # the client uploads for ~2.5 s, longer than readSecs
+            time.sleep(0.25)
+            yield b"." * 1024
+        yield b"\r\n--XyZ--\r\n"
+
+    with RouterProcess(config) as router:
+        resp = httpx.post(
+            router.url + "/v1/audio/transcriptions",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=XyZ"},
+            timeout=20,
+        )
+    assert resp.status_code == 200, resp.text
