@@ -194,12 +194,16 @@ def test_prepare_json_maps_models_and_reports_bad_bodies() -> None:
     assert (grouped.body["model"], grouped.group) == ("qwen-turbo", "cheap")
     raw = b'{"model": "other", "stream": false}'
     assert router.prepare_json(route, raw).raw is raw  # unmapped: the client's bytes, untouched
+    # mapped: only the model's value changes; numbers beyond 64 bits and spacing stay as sent
+    exact = b'{"seed": 123456789012345678901234567890, "model": "gpt-4o", "n": 1.10}'
+    assert router.prepare_json(route, exact).raw == exact.replace(b'"gpt-4o"', b'"qwen-max"')
     for bad, code in [
         (b"{not json", "invalid_json"),
         (b"[1]", "invalid_json"),
         (b'{"model": 3}', "invalid_type"),
         (b'{"stream": "yes"}', "invalid_type"),
         (b'{"model": "\xff"}', "invalid_json"),
+        (b'{"model": "a", "model": "b"}', "duplicate_key"),
     ]:
         with pytest.raises(BadRequest) as caught:
             router.prepare_json(route, bad)

@@ -16,6 +16,7 @@ import orjson
 
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
+from api_router.core.json_body import DuplicateKey, check_top_level, replace_values
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 
 
@@ -336,23 +337,27 @@ class Router:
             raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="invalid_json")
+        try:
+            check_top_level(raw)  # what is judged below is what the upstream reads
+        except DuplicateKey as exc:
+            raise BadRequest(str(exc), code="duplicate_key") from None
+        except ValueError as exc:  # the stdlib refused what orjson took: refuse it too
+            raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise BadRequest("'model' must be a string", code="invalid_type")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", code="invalid_type")
-        changed = False
+        changes: dict[str, Any] = {}
         mapped, group = self._models.get(model, _UNMAPPED) if model is not None else _UNMAPPED
         if mapped is not None and mapped != model:
-            body["model"] = mapped
-            changed = True
+            body["model"] = changes["model"] = mapped
         if stream and not route.stream_support:
-            body["stream"] = False  # the endpoint is configured without streaming: answer plain
-            stream = False
-            changed = True
-        if changed:
-            raw = orjson.dumps(body)
+            # the endpoint is configured without streaming: answer plain
+            body["stream"] = changes["stream"] = stream = False
+        if changes:
+            raw = replace_values(raw, changes)  # the rest of the client's bytes untouched
         return PreparedJson(raw, body, stream, model, group)
 
     def model_names(self) -> dict[str, str]:

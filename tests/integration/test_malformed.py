@@ -180,6 +180,28 @@ CASES = [
     Case("invalid_json", json_post(b"{not json"), (400,), False, "invalid_json"),
     Case("json_array_body", json_post(b"[1, 2]"), (400,), False),
     Case("model_not_a_string", json_post(b'{"model": 5, "messages": []}'), (400,), False, "invalid_type"),
+    # -- what the router judges is what the upstream reads (hardening issue, defect 9) --------
+    Case(
+        "duplicate_model_key",
+        json_post(b'{"model": "gpt-4o", "messages": [], "model": "forbidden"}'),
+        (400,),
+        False,
+        "duplicate_key",
+    ),
+    Case(
+        "duplicate_model_key_escaped",
+        json_post(b'{"model": "gpt-4o", "messages": [], "m\\u006fdel": "forbidden"}'),
+        (400,),
+        False,
+        "duplicate_key",
+    ),
+    Case(
+        "duplicate_stream_key",
+        json_post(b'{"model": "gpt-4o", "stream": false, "messages": [], "stream": true}'),
+        (400,),
+        False,
+        "duplicate_key",
+    ),
     Case(
         "stream_not_a_bool",
         json_post(b'{"model": "m", "stream": "yes", "messages": []}'),
