@@ -239,3 +239,34 @@ def test_keep_alive_idle_longer_than_the_header_timeout_is_fine(short_header_tim
     second = first.next_response()
     assert second.status == 200
     second.body()
+
+
+def test_a_head_trickled_after_a_forwarded_exchange_is_cut(short_header_timeout_router):
+    """Hardening issue, defect 5: a second head that began while a forwarded response was going
+    out lost its head deadline when that exchange finished (the idle keep-alive rule replaced
+    it), so a line every 250 ms kept the connection open for good."""
+    router = short_header_timeout_router
+    body = json.dumps(chat({"tokens": 5, "interval_ms": 100})).encode()
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        started = time.monotonic()
+        sock.sendall(SLOW_HEAD[:40])  # the next head begins while the stream is going out
+        received, closed_at = b"", None
+        for i in range(40, 40 + int((HEADER_TIMEOUT + 6) / 0.25)):
+            try:
+                sock.sendall(SLOW_HEAD[i : i + 1])
+            except (BrokenPipeError, ConnectionResetError):
+                closed_at = time.monotonic() - started
+                break
+            data, _, closed = _read_until_closed(sock, 0.25)
+            received += data
+            if closed:
+                closed_at = time.monotonic() - started
+                break
+    assert b"data: [DONE]" in received  # the first response was whole
+    assert closed_at is not None, "a trickled head after an exchange kept the connection open"
+    assert closed_at < HEADER_TIMEOUT + 2, f"cut after {closed_at:.2f} s"
+    assert b"HTTP/1.1 408 " in received

@@ -604,6 +604,10 @@ class DownstreamProtocol(asyncio.Protocol):
         elif req is not None and req.forwarder is not None:
             self._closed = True
             self.transport.close()  # an upload stalled mid-body: closing ends its upstream exchange too
+        elif absolute:
+            # A head deadline passed while an earlier response is still going out (pipelining):
+            # it cannot be answered before that response ends; check again soon, deadline kept.
+            self._timer = self.app.loop.call_at(self.app.loop.time() + self._wake_every, self._on_timer)
         else:
             self._arm(seconds)  # an exchange is running; its own watchdog guards the upstream
 
@@ -619,7 +623,11 @@ class DownstreamProtocol(asyncio.Protocol):
             self._closed = True
             self.transport.close()
             return
-        self._arm(self.app.keep_alive_timeout)
+        if req is None:
+            self._arm(self.app.keep_alive_timeout)
+        # else a request began while the response was going out: it keeps its own deadline
+        # (replacing its absolute head deadline by the idle rule let a head dripped one line at
+        # a time stay open for ever: slowloris on a kept-alive connection).
         self._dispatch()
 
     def close_if_idle(self) -> None:
