@@ -104,6 +104,12 @@ class RequestTimeout(GatewayError):
     code = "request_timeout"
 
 
+class VersionNotSupported(GatewayError):
+    status = 505
+    type = "invalid_request_error"
+    code = "http_version_not_supported"
+
+
 class HeadersTooLarge(GatewayError):
     status = 431
     type = "invalid_request_error"

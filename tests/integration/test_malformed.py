@@ -177,6 +177,7 @@ CASES = [
         None,
     ),
     # -- well framed but wrong: 4xx and the connection stays usable ---------------------------
+    Case("http_2_0_request_line", head(version=b"HTTP/2.0"), (505,), True, "http_version_not_supported"),
     Case("invalid_json", json_post(b"{not json"), (400,), False, "invalid_json"),
     Case("json_array_body", json_post(b"[1, 2]"), (400,), False),
     Case("model_not_a_string", json_post(b'{"model": 5, "messages": []}'), (400,), False, "invalid_type"),

@@ -66,6 +66,11 @@ def dripped_head(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(b"X-Drip-%d: x\r\n" % n)
 
 
+def switches_protocols(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    stop.wait(10)
+
+
 @pytest.fixture
 def router_for() -> Iterator[Callable[..., RouterProcess]]:
     made: list[object] = []
@@ -118,3 +123,11 @@ def test_an_upload_longer_than_readsecs_is_not_upstream_silence(upstream):
             timeout=20,
         )
     assert resp.status_code == 200, resp.text
+
+
+def test_an_upstream_101_is_a_502_and_one_log_line(router_for):
+    router = router_for(switches_protocols)
+    resp = httpx.post(router.url + "/v1/embeddings", json={"model": "m", "input": "x"}, timeout=15)
+    assert resp.status_code == 502, resp.text
+    assert "switched protocols" in resp.json()["error"]["message"]
+    assert "Traceback" not in router.logs() and "Fatal error" not in router.logs()

@@ -30,6 +30,7 @@ from api_router.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
+    VersionNotSupported,
 )
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
@@ -236,7 +237,8 @@ class DownstreamProtocol(asyncio.Protocol):
         parser = self.parser
         assert parser is not None  # a callback of this very parser
         req.method = parser.get_method().decode("ascii")
-        self.http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
         request_id = length = expect = None
         bad_coding = False
@@ -252,6 +254,10 @@ class DownstreamProtocol(asyncio.Protocol):
                     expect = value
         req.request_id = _request_id(request_id)
         self._arm(self.app.body_timeout)  # idle time allowed between body bytes
+        if version not in ("1.0", "1.1"):  # HTTP/2.0 or 3.0 in an HTTP/1 request line
+            error: GatewayError = VersionNotSupported(f"HTTP/{version} is not supported here; use HTTP/1.1")
+            self._reject_and_close(error)
+            raise error  # stop parsing: nothing after this head may be read as a request
         if parser.should_upgrade() or req.method == "CONNECT":
             error = BadRequest(
                 "protocol upgrades and CONNECT are not supported", code="upgrade_not_supported"

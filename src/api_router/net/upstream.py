@@ -105,6 +105,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._feeding = True
         try:
             self.parser.feed_data(self._view[:nbytes])
+        except httptools.HttpParserUpgrade:  # 101 Switching Protocols: nothing we asked for
+            self._fail(UpstreamUnreachable(f"upstream {self.origin} switched protocols (101); not supported"))
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 message = f"upstream {self.origin} sent a response head over the limits: {exc.__context__}"
