@@ -20,6 +20,7 @@ from setuptools import setup
 
 COMPILED = [
     "src/api_router/core/balancer.py",
+    "src/api_router/core/flow_control.py",
     "src/api_router/core/heartbeat.py",
     "src/api_router/core/http.py",
     "src/api_router/core/sse.py",

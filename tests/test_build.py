@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED = [
     "api_router.core.balancer",
+    "api_router.core.flow_control",
     "api_router.core.heartbeat",
     "api_router.core.http",
     "api_router.core.sse",

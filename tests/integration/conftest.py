@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from tests.raw_upstream import Behaviour, RawUpstream
 from tests.router_process import RouterProcess
 from tests.upstream_process import UpstreamProcess
 
@@ -30,6 +31,23 @@ def make_router(upstream: UpstreamProcess) -> Iterator[Callable[..., RouterProce
     yield make
     for router in started:
         router.close()
+
+
+@pytest.fixture
+def router_for() -> Iterator[Callable[..., RouterProcess]]:
+    """Start routers each in front of its own raw upstream that behaves as told."""
+    made: list[RouterProcess | RawUpstream] = []
+
+    def make(behave: Behaviour, **config: object) -> RouterProcess:
+        upstream = RawUpstream(behave)
+        made.append(upstream)
+        router = RouterProcess({"baseUrl": upstream.url, "retries": 0, **config})
+        made.append(router)
+        return router
+
+    yield make
+    for thing in reversed(made):
+        thing.close()
 
 
 def chat(mock: dict[str, Any] | None = None, stream: bool = True, model: str = "gpt-4o") -> dict[str, Any]:

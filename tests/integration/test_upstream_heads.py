@@ -6,47 +6,14 @@ one line at a time, slowly), and an upload that outlasts ``timeouts.readSecs``.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from tests.router_process import RouterProcess
-
-
-class RawUpstream:
-    """Accepts connections, reads the request head, then runs ``behave(conn, stop)``."""
-
-    def __init__(self, behave: Callable[[socket.socket, threading.Event], None]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.behave = behave
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data and (piece := conn.recv(65536)):
-                data += piece
-            with contextlib.suppress(OSError):  # the router hung up: that is its answer
-                self.behave(conn, self.stop)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
 
 
 def endless_head(conn: socket.socket, stop: threading.Event) -> None:
@@ -69,21 +36,6 @@ def dripped_head(conn: socket.socket, stop: threading.Event) -> None:
 def switches_protocols(conn: socket.socket, stop: threading.Event) -> None:
     conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
     stop.wait(10)
-
-
-@pytest.fixture
-def router_for() -> Iterator[Callable[..., RouterProcess]]:
-    made: list[object] = []
-
-    def make(behave: Callable[[socket.socket, threading.Event], None], **config: object) -> RouterProcess:
-        upstream = RawUpstream(behave)
-        router = RouterProcess({"baseUrl": upstream.url, "retries": 0, **config})
-        made.extend((router, upstream))
-        return router
-
-    yield make
-    for thing in reversed(made):
-        thing.close()  # type: ignore[attr-defined]
 
 
 def test_an_endless_response_head_is_a_502_and_memory_stays_bounded(router_for):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from api_router.core.flow_control import UPSTREAM_FULL
 from api_router.core.http import (
     CRLF,
     HOP_BY_HOP,
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
 
 _OURS_IN_RESPONSE = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
 _DROP_FROM_RESPONSE = HOP_BY_HOP | _OURS_IN_RESPONSE
-_READ_IN_RESPONSE = frozenset({b"content-type", b"content-length", b"cache-control", b"connection"})
+_READ_IN_RESPONSE = frozenset(
+    {b"content-type", b"content-length", b"cache-control", b"connection", b"content-encoding"}
+)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Chunk-size lines by size, made once: formatting one per event cost more than the lookup.
 _CHUNK_HEADS: dict[int, bytes] = {}
@@ -318,7 +321,7 @@ class Forwarder:
         if self._head_sent:
             self._flush_pending()
         elif self._pending_bytes > self.route.buffer_size:
-            self.downstream.pause_reading()  # hold at most bufferSize until the upstream is ready
+            self.downstream.pause_reading(UPSTREAM_FULL)  # hold at most bufferSize until it is ready
 
     def request_body_end(self) -> None:
         self._body_complete = True
@@ -349,14 +352,14 @@ class Forwarder:
         # the client (upstream_writable) and resuming here would undo it, so an upload to a
         # slow upstream was read into memory whole (80 MB upload: +72 MB RSS).
         if not self._upstream_full:
-            self.downstream.resume_reading()
+            self.downstream.resume_reading(UPSTREAM_FULL)
 
     def upstream_writable(self, writable: bool) -> None:
         self._upstream_full = not writable
         if writable:
-            self.downstream.resume_reading()
+            self.downstream.resume_reading(UPSTREAM_FULL)
         else:
-            self.downstream.pause_reading()
+            self.downstream.pause_reading(UPSTREAM_FULL)
 
     # -- response side ------------------------------------------------------------------
     def upstream_head(self, status: int, headers: HeaderList) -> None:
@@ -374,7 +377,7 @@ class Forwarder:
         self._body = None  # from here on there is no retry, so neither body nor head is needed
         self._head = _no_head
         content_type = length = None
-        cache_control = listed = False
+        cache_control = listed = encoded = False
         out: HeaderList = []
         for item in headers:  # one pass: what the router reads, and what it forwards
             name = item[0]
@@ -385,20 +388,26 @@ class Forwarder:
                     length = item[1]
                 elif name == b"cache-control":
                     cache_control = True
+                elif name == b"content-encoding":
+                    encoded = encoded or item[1].strip().lower() != b"identity"
                 else:  # connection
                     listed = listed or item[1] not in PLAIN_CONNECTION
             if name not in _DROP_FROM_RESPONSE:
                 out.append(item)
         if listed:  # Connection names other headers (rare): they are hop-by-hop too
             out = end_to_end(headers, _OURS_IN_RESPONSE)
-        is_sse = content_type is not None and content_type.startswith(b"text/event-stream")
+        event_stream = content_type is not None and content_type.startswith(b"text/event-stream")
+        # Heartbeats and error events are SSE text written between events: inside a compressed body
+        # (an upstream that ignored our Accept-Encoding: identity) they would corrupt it, so such a
+        # stream is forwarded as an opaque body.
+        is_sse = event_stream and not encoded
         out.append((b"x-request-id", self.request_id))
         if self._x_cache is not None:
             out.append((b"x-cache", self._x_cache))
-            if self.cache_key is not None and status == 200 and not is_sse:
+            if self.cache_key is not None and status == 200 and not event_stream:
                 self._capture = bytearray()
                 self._headers_out = out
-        if is_sse:
+        if event_stream:
             if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
             out.append((b"x-accel-buffering", b"no"))

@@ -25,10 +25,11 @@ _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 # an upstream streaming header lines without end grew the router by ~118 MB.
 MAX_RESPONSE_HEAD_BYTES = 65536
 MAX_RESPONSE_HEADERS = 100
+_OVER_LIMITS = "sent a response head over the limits"
 
 
-class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a response head over the bounds."""
+class _RefusedHead(Exception):
+    """Raised from a parser callback to refuse a response head; the message follows "upstream X"."""
 
 
 _VIEWS: dict[int, memoryview] = {}
@@ -108,8 +109,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade:  # 101 Switching Protocols: nothing we asked for
             self._fail(UpstreamUnreachable(f"upstream {self.origin} switched protocols (101); not supported"))
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                message = f"upstream {self.origin} sent a response head over the limits: {exc.__context__}"
+            if isinstance(exc.__context__, _RefusedHead):
+                message = f"upstream {self.origin} {exc.__context__}"
             else:
                 message = f"upstream {self.origin} sent invalid HTTP: {exc}"
             self._fail(UpstreamUnreachable(message))
@@ -155,17 +156,21 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._head_bytes += len(name) + len(value) + 4
         self._headers.append((name.lower(), value))
         if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
-            raise _HeadTooLarge(f"over {MAX_RESPONSE_HEAD_BYTES} bytes")
+            raise _RefusedHead(f"{_OVER_LIMITS}: over {MAX_RESPONSE_HEAD_BYTES} bytes")
         if len(self._headers) > MAX_RESPONSE_HEADERS:
-            raise _HeadTooLarge(f"more than {MAX_RESPONSE_HEADERS} headers")
+            raise _RefusedHead(f"{_OVER_LIMITS}: more than {MAX_RESPONSE_HEADERS} headers")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         close_delimited = True  # no length and not chunked: the body ends with the connection
-        for name, _ in self._headers:
+        for name, value in self._headers:
             if name in _FRAMING:
                 close_delimited = False
-                break
+                if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+                    # httptools undoes only chunked: a gzip (or other) transfer-coding would reach the
+                    # client as plain chunked bytes it cannot decode. Asked for none, so refused.
+                    coding = value.decode("latin-1")
+                    raise _RefusedHead(f"used transfer-coding {coding!r}; only chunked is supported")
         self._close_delimited = close_delimited
         if status in (204, 304) or 100 <= status < 200:
             self._close_delimited = False
