@@ -30,8 +30,9 @@ from api_router.limits import (
     resolve_limit,
 )
 from api_router.metrics import Metrics
+from api_router.net.fetch import fetch, make_ssl_context
 from api_router.net.tasks import spawn
-from api_router.net.upstream import UpstreamPool, fetch, make_ssl_context
+from api_router.net.upstream import UpstreamPool
 from api_router.routing import LOCAL_ROUTES, Route, Router
 
 if TYPE_CHECKING:

@@ -16,8 +16,9 @@ from api_router.config_backends import BackendGroupConfig, HealthCheckConfig
 from api_router.core.balancer import Backend, Balancer, CircuitBreaker, CircuitState, make_balancer
 from api_router.core.http import request_head
 from api_router.errors import GatewayError, ServiceUnavailable
+from api_router.net.fetch import fetch
 from api_router.net.tasks import spawn
-from api_router.net.upstream import UpstreamPool, fetch
+from api_router.net.upstream import UpstreamPool
 from api_router.routing import Target, make_target
 
 DEFAULT_GROUP = "default"

@@ -97,6 +97,19 @@ def test_failure_before_the_response_is_a_plain_error_response(error: GatewayErr
     assert state.tick(0.0, 100.0) == (None, None)
 
 
+@pytest.mark.parametrize("sse", [True, False])
+def test_failure_before_the_client_saw_a_byte_is_still_a_plain_error_response(sse: bool) -> None:
+    """The head was parsed, then the body broke in the same read: nothing went out, so 502."""
+    state = StreamState(INTERVAL)
+    state.response_started(sse)
+    state.data(b"data: 1")
+    error = UpstreamUnreachable("sent invalid HTTP: invalid chunk size")
+    assert state.upstream_failed(error, client_saw_nothing=True) == Ending(
+        "upstream_unreachable", False, error, b"", False
+    )
+    assert state.phase is Phase.DONE
+
+
 def test_sse_failure_at_a_boundary_sends_one_error_event() -> None:
     state = streaming()
     state.data(b'data: {"a":1}\n\n')

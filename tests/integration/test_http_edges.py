@@ -175,3 +175,29 @@ def test_chunked_upload_over_the_multipart_limit_is_refused(make_router):
         sock.close()
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert b'"code":"request_too_large"' in reply
+
+
+JUNK = [b"\x00\x01junk\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"NOT A REQUEST LINE\r\n\r\n"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("junk", JUNK)
+def test_a_valid_request_followed_by_junk_is_answered_then_400_and_closed(make_router, junk, stream):
+    """The old router closed at once when junk followed a forwarded request: the valid one's answer
+    was lost (0 bytes). Now the answers come in order, then the error, then the close."""
+    router = make_router()
+    body = json.dumps(chat({"tokens": 3}, stream=stream)).encode()
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body) + junk
+        )
+        first = RawResponse(sock)
+        assert first.status == 200
+        answer = first.body_keep_open()
+        assert (b"data: [DONE]" in answer) if stream else json.loads(answer)["choices"]
+        second = first.next_response()
+        assert second.status in (400, 505)
+        assert second.headers.get("connection") == "close"
+        assert "error" in json.loads(second.body_keep_open())
+        assert second._buf == b"" and sock.recv(1) == b""  # nothing after the error: closed

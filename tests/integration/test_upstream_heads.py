@@ -12,7 +12,9 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
+from tests.raw_upstream import Behaviour
 from tests.router_process import RouterProcess
 
 
@@ -83,3 +85,26 @@ def test_an_upstream_101_is_a_502_and_one_log_line(router_for):
     assert resp.status_code == 502, resp.text
     assert "switched protocols" in resp.json()["error"]["message"]
     assert "Traceback" not in router.logs() and "Fatal error" not in router.logs()
+
+
+def negative_chunk_after_head(content_type: bytes) -> Behaviour:
+    def behave(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: "
+            + content_type
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n"
+        )
+        stop.wait(10)
+
+    return behave
+
+
+@pytest.mark.parametrize("content_type", [b"application/json", b"text/event-stream"])
+def test_a_body_broken_before_any_byte_went_out_is_a_502(router_for, content_type):
+    """The head and a negative chunk size in one read: the client has seen nothing, so it gets a 502
+    (the old router dropped the JSON client's connection with 0 bytes, and sent SSE a 200)."""
+    router = router_for(negative_chunk_after_head(content_type))
+    body = {"model": "m", "stream": content_type == b"text/event-stream", "messages": []}
+    resp = httpx.post(router.url + "/v1/chat/completions", json=body, timeout=15)
+    assert resp.status_code == 502, resp.text
+    assert "invalid HTTP" in resp.json()["error"]["message"]

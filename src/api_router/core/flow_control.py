@@ -11,17 +11,20 @@ The reasons of a client connection:
   connection is open).
 - ``QUEUE_FULL``: too many pipelined requests wait, because their answers cannot go out yet
   (an exchange is running, or the client is not reading what was already answered).
+- ``UNREADABLE``: the request stream broke after requests still being answered; never lifted
+  (the connection closes after their answers and the error).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["QUEUE_FULL", "UPSTREAM_FULL", "ReadGate"]
+__all__ = ["QUEUE_FULL", "UNREADABLE", "UPSTREAM_FULL", "ReadGate"]
 
 UPSTREAM_FULL: Final = 1
 QUEUE_FULL: Final = 2
-_NAMES = ((UPSTREAM_FULL, "upstream_full"), (QUEUE_FULL, "queue_full"))
+UNREADABLE: Final = 4
+_NAMES = ((UPSTREAM_FULL, "upstream_full"), (QUEUE_FULL, "queue_full"), (UNREADABLE, "unreadable"))
 
 
 class ReadGate:

@@ -6,9 +6,10 @@ Rule 2. A heartbeat comment is due after the heartbeat interval with nothing wri
         for SSE responses, and only at an event boundary (``tick``).
 Rule 3. The upstream ends cleanly: the body is ended and the connection goes back to the
         pool only if the upstream said keep-alive (``upstream_finished``).
-Rule 4. The upstream fails before the response started: the client gets a plain error
-        response (502/504). After it started, an SSE response gets one ``error`` event and a
-        clean end; any other body cannot be repaired, so the client connection is closed.
+Rule 4. The upstream fails before the response started, or before the client saw any byte of
+        it (a broken body in the same read as the head): the client gets a plain error response
+        (502/504). After that, an SSE response gets one ``error`` event and a clean end; any
+        other body cannot be repaired, so the client connection is closed.
         A failed upstream connection is never reused (``upstream_failed``).
 Rule 5. The client goes away at any moment: the upstream connection is closed at once and
         never reused, so the backend stops generating (``downstream_lost``).
@@ -90,9 +91,9 @@ class StreamState:
         self.phase = Phase.DONE
         return Ending("completed", keep_alive, None, b"", False)
 
-    def upstream_failed(self, error: GatewayError) -> Ending:
+    def upstream_failed(self, error: GatewayError, *, client_saw_nothing: bool = False) -> Ending:
         """Rule 4."""
-        if self.phase is Phase.AWAITING_UPSTREAM:
+        if self.phase is Phase.AWAITING_UPSTREAM or (client_saw_nothing and self.phase is Phase.STREAMING):
             self.phase = Phase.DONE
             return Ending(_reason(error), False, error, b"", False)
         if self.phase is not Phase.STREAMING:

@@ -20,7 +20,7 @@ import httptools
 from api_router import logs
 from api_router.cache import CachedResponse, MemoryCache
 from api_router.core.cache_key import cache_key
-from api_router.core.flow_control import QUEUE_FULL, UPSTREAM_FULL, ReadGate
+from api_router.core.flow_control import QUEUE_FULL, UNREADABLE, UPSTREAM_FULL, ReadGate
 from api_router.core.http import Framing, HeaderList, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
 from api_router.errors import (
@@ -97,6 +97,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "_req",
         "_rule",
         "_timer",
+        "_unreadable",
         "_wake_every",
         "_write_blocked",
         "_write_limit",
@@ -127,6 +128,9 @@ class DownstreamProtocol(asyncio.Protocol):
         # read grew the router by ~68 MB per 100 000 requests).
         self._write_blocked = False
         self._closed = False
+        # The request stream broke (junk after valid requests): the error to send, and its API
+        # shape, once the requests before it have their answers.
+        self._unreadable: tuple[GatewayError, ApiFlavor] | None = None
         self._fetching = False  # a /v1/models answer is being fetched
         limits = app.config.limits
         self._max_header_bytes = limits.max_header_bytes
@@ -360,6 +364,10 @@ class DownstreamProtocol(asyncio.Protocol):
             self._handle(queue.popleft())
         if not queue:
             self._queue = None
+            if self._unreadable is not None:
+                if self._free_to_answer():
+                    self._reject_and_close(*self._unreadable)
+                return
             self.resume_reading(QUEUE_FULL)
         elif len(queue) <= _MAX_QUEUED // 2:
             self.resume_reading(QUEUE_FULL)
@@ -574,6 +582,14 @@ class DownstreamProtocol(asyncio.Protocol):
         req = self._req
         if req is not None and req.forwarder is not None:
             req.forwarder.fail(error)  # answers if nothing was sent yet, and closes its upstream
+        elif self.exchange is not None or self._queue or self._fetching:
+            # Requests before the bad one are still being answered: they get their answers (the
+            # old router closed at once, and a valid request's answer was lost), then this error.
+            if self._unreadable is None:
+                self._unreadable = (error, flavor)
+                self._req = None
+                self.pause_reading(UNREADABLE)
+            return
         elif self.exchange is None:
             self.send_error(error, flavor, req.request_id if req else b"", keep_alive=False)
             self.app.metrics.local_response(req.path if req else "-", error.status)

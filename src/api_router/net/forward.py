@@ -72,6 +72,7 @@ class Forwarder:
         "_body_length",
         "_capture",
         "_client_key",
+        "_client_saw",
         "_connect_task",
         "_framing",
         "_head",
@@ -160,6 +161,7 @@ class Forwarder:
         self._timer: asyncio.TimerHandle | None = None  # one per exchange: watchdog and heartbeat
         self._paused = False
         self._upstream_full = False  # the upstream's write buffer is over its high-water mark
+        self._client_saw = False  # a byte of the response (its head included) was written
         self.published_bytes = 0
         self.published_heartbeats = 0
         self.group = group
@@ -452,6 +454,7 @@ class Forwarder:
         out = self._out
         if out:
             self._out = []
+            self._client_saw = True
             self.transport.writelines(out)
         if self.status:  # pieces of a head still unfinished do not reset the silence clock
             self.last_read = self.loop.time()
@@ -489,7 +492,9 @@ class Forwarder:
         if phase is Phase.AWAITING_UPSTREAM and self.status == 0:
             self._backend_failed(error)
             return
-        self._apply(self.state.upstream_failed(error))
+        if not self._client_saw:  # the head is still only queued (the failure came in its read)
+            self._out = []
+        self._apply(self.state.upstream_failed(error, client_saw_nothing=not self._client_saw))
 
     def downstream_writable(self, writable: bool) -> None:
         """Backpressure: a slow client stops us reading the upstream."""
@@ -547,6 +552,7 @@ class Forwarder:
             self._out += (b"%x\r\n" % len(data), data, CRLF)
         else:
             self._out.append(data)
+        self._client_saw = True
         self.transport.writelines(self._out)
         self._out = []
 
