@@ -192,6 +192,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._disarm()
+        if self._timer is not None:  # nothing left to time: free the protocol now
+            self._timer.cancel()
+            self._timer = None
         self.app.connection_closed(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
@@ -617,11 +620,13 @@ class DownstreamProtocol(asyncio.Protocol):
     def _disarm(self) -> None:
         """No deadline: the request is in, and the exchange's own watchdog guards the rest.
 
-        The timer goes too, so that a long stream holds none (memory per stream)."""
+        The timer is left to lapse (it finds no rule and is dropped, at most ``_wake_every``
+        later, so a long stream soon holds none) rather than cancelled: the next request's
+        head deadline reuses it. Cancelling here and making a new timer per request cost
+        100 000 pipelined requests +45 MB of RSS (uvloop frees cancelled timers late) and
+        instructions on every request.
+        """
         self._rule = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _on_timer(self) -> None:
         self._timer = None
