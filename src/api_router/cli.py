@@ -72,6 +72,17 @@ def wants_mock(source: ConfigSource, config: cfg.Config) -> bool:
     return source.preset == "mock" or (config.base_url is not None and urlsplit(config.base_url).port == 0)
 
 
+def mock_reason(source: ConfigSource, config: cfg.Config, provider: str | None) -> str | None:
+    """Why serve uses the built-in mock, in the banner's words; None when it does not."""
+    if not wants_mock(source, config):
+        return None
+    if provider == "mock":
+        return "--provider mock"
+    if source.preset == "mock":
+        return "no config given"
+    return f"{source.path} has baseUrl port 0"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -154,7 +165,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     return server.run(
         config,
-        start_mock=wants_mock(source, config),
+        mock_reason=mock_reason(source, config, args.provider),
         workers=args.workers,
         reload=reload,
         watch_path=source.path,

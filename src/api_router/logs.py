@@ -15,7 +15,15 @@ access = logging.getLogger("api_router.access")
 log = logging.getLogger("api_router")
 
 
+def _process(record: logging.LogRecord, supervisor_pid: int) -> str:
+    return "supervisor" if record.process == supervisor_pid else "worker"
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, supervisor_pid: int | None = None) -> None:
+        super().__init__()
+        self._supervisor_pid = supervisor_pid
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -24,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._supervisor_pid is not None:
+            entry["process"] = _process(record, self._supervisor_pid)
+            entry["pid"] = record.process
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -33,10 +44,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+    def __init__(self, supervisor_pid: int | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(process_tag)s %(message)s")
+        self._supervisor_pid = supervisor_pid
 
     def format(self, record: logging.LogRecord) -> str:
+        pid = self._supervisor_pid  # with workers: "... api_router [worker 4242] message"
+        record.process_tag = "" if pid is None else f" [{_process(record, pid)} {record.process}]"
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -44,9 +58,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str, supervisor_pid: int | None = None) -> None:
+    """``supervisor_pid`` (``--workers``): each line names its process, supervisor or worker, and pid;
+    records carry the pid of the process that made them, so forked workers need no new set-up."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(supervisor_pid) if fmt == "json" else TextFormatter(supervisor_pid))
     root = logging.getLogger("api_router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

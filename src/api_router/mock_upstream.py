@@ -16,6 +16,7 @@ import asyncio
 import http
 import itertools
 import json
+import os
 import signal
 import ssl as ssl_module
 import sys
@@ -417,8 +418,12 @@ def run(
     tokens_per_second: float = 20.0,
     certfile: str | None = None,
     keyfile: str | None = None,
+    exit_on_stdin_eof: bool = False,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (uvloop when importable); prints one ``READY <url>`` line."""
+    """Serve until SIGINT/SIGTERM (uvloop when importable); prints one ``READY <url>`` line.
+
+    ``exit_on_stdin_eof``: also stop when stdin ends, i.e. when the process that started us with
+    a pipe there is gone (the router's supervisor), so the mock never outlives it."""
     context = None
     if certfile is not None:
         context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
@@ -430,6 +435,15 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if exit_on_stdin_eof:
+            fd = sys.stdin.fileno()
+
+            def stdin_readable() -> None:
+                if not os.read(fd, 4096):  # EOF: the parent closed its end or died
+                    loop.remove_reader(fd)
+                    stop.set()
+
+            loop.add_reader(fd, stdin_readable)
         print(f"READY {mock.url}", flush=True)
         try:
             await stop.wait()
@@ -456,8 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens-per-second", type=float, default=20.0)
     ap.add_argument("--certfile")
     ap.add_argument("--keyfile")
+    ap.add_argument("--exit-on-stdin-eof", action="store_true", help="also stop when stdin ends")
     a = ap.parse_args(argv)
-    return run(a.host, a.port, tokens_per_second=a.tokens_per_second, certfile=a.certfile, keyfile=a.keyfile)
+    return run(
+        a.host,
+        a.port,
+        tokens_per_second=a.tokens_per_second,
+        certfile=a.certfile,
+        keyfile=a.keyfile,
+        exit_on_stdin_eof=a.exit_on_stdin_eof,
+    )
 
 
 if __name__ == "__main__":
