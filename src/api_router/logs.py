@@ -80,8 +80,30 @@ def access_line(forwarder: Forwarder, outcome: str) -> None:
         "status": forwarder.status or 499,
         "latency_ms": round((now - forwarder.started_at) * 1000, 2),
         "upstream_latency_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
-        "bytes": forwarder.state.bytes_forwarded,
+        # The body the client got: the upstream's bytes and the router's own (heartbeats, the
+        # SSE error event, an error response), as nginx's $body_bytes_sent; no head, no framing.
+        "bytes": forwarder.state.bytes_forwarded + forwarder.own_bytes,
         "outcome": outcome,
         "stream": forwarder.state.sse,
+    }
+    access.info("request", extra={"fields": fields})
+
+
+def local_access_line(
+    request_id: bytes, route: str, status: int, started_at: float | None, body_bytes: int, outcome: str
+) -> None:
+    """A response the router wrote itself (a refusal, /health, a cache hit): the same fields."""
+    if not access.isEnabledFor(logging.INFO):
+        return
+    latency = 0.0 if started_at is None else time.perf_counter() - started_at
+    fields = {
+        "request_id": request_id.decode(),
+        "route": route,
+        "status": status,
+        "latency_ms": round(latency * 1000, 2),
+        "upstream_latency_ms": None,
+        "bytes": body_bytes,
+        "outcome": outcome,
+        "stream": False,
     }
     access.info("request", extra={"fields": fields})
