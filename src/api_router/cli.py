@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from api_router import __version__
 from api_router import config as cfg
+from api_router.mock_shape import shapes_help
 
 ENV_CONFIG_PATH = "API_ROUTER_CONFIG_PATH"
 # override name -> environment variable; all plain strings, validated by Config.
@@ -137,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "key for completion and checking in editors (docs/configuration.md).",
     )
 
-    mock = commands.add_parser("mock-upstream", help="run the built-in mock LLM upstream")
+    mock = commands.add_parser(
+        "mock-upstream",
+        help="run the built-in mock LLM upstream",
+        description="Run the built-in simulated LLM upstream (OpenAI- and Anthropic-shaped answers, "
+        "streamed or not) on its own; prints READY URL once it listens.",
+        epilog=shapes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
     mock.add_argument("--tokens-per-second", type=float, default=20.0)

@@ -28,19 +28,25 @@ from urllib.parse import parse_qs
 
 import httptools
 
-from api_router.mock_upstream_shapes import (
+from api_router.mock_shape import (
+    AUDIO_ROUTES,
+    JSON_ROUTES,
+    LLM_ROUTES,
     MockSpecError,
+    Shape,
+    parse_mock,
+    shapes_help,
+)
+from api_router.mock_upstream_shapes import (
     MockStats,
     MultipartCounter,
     Request,
-    Shape,
     StreamRecord,
     chunked,
     completion_body,
     embeddings_body,
     error_body,
     models_body,
-    parse_mock,
     stream_events,
 )
 from api_router.net.tasks import spawn
@@ -50,9 +56,6 @@ __all__ = ["MockStats", "MockUpstream", "StreamRecord", "main", "run", "start"]
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 YIELD_EVERY = 16  # at interval 0, let the loop run every N events
-LLM_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/messages": "messages"}
-AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
-JSON_ROUTES = (*LLM_ROUTES, "/v1/embeddings")
 Events = tuple[list[bytes], int, Callable[[int], bytes], list[bytes]]
 
 
@@ -463,7 +466,10 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m api_router.mock_upstream", description="simulated LLM upstream"
+        prog="python -m api_router.mock_upstream",
+        description="simulated LLM upstream",
+        epilog=shapes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
