@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.router_process import RouterProcess
+from tests.test_mock_upstream import wait_for
 
 _TAG = "API_ROUTER_STARTUP_TEST_TAG"
 
@@ -52,7 +56,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
         env=env,
     )
     try:
-        proc.wait(timeout=60)  # not communicate(): an orphan holding the pipes would block it
+        proc.wait(timeout=30)  # not communicate(): an orphan holding the pipes would block it
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -135,3 +139,17 @@ def test_unreadable_tls_certificate(tmp_path: Path, workers: tuple[str, ...]) ->
     path.write_text(json.dumps(config))
     line = one_line(serve("--config", str(path), "--host", "127.0.0.1", "--port", "0", *workers))
     assert line.startswith(f"api-router: cannot use the TLS certificate {cert} / key {key}: ")
+
+
+def test_nothing_outlives_a_killed_supervisor() -> None:
+    """SIGKILL runs no cleanup: workers and the mock must notice the supervisor is gone themselves."""
+    tag = uuid.uuid4().hex
+    router = RouterProcess(args=("--workers", "2"), env={_TAG: tag})
+    try:
+        assert len(_tagged(tag)) == 4  # the supervisor, two workers, the mock upstream
+        os.kill(router.pid, signal.SIGKILL)
+        wait_for(lambda: not _tagged(tag), timeout=15, what="the workers and the mock to exit")
+    finally:
+        for pid in _tagged(tag):  # first: a survivor holds the router's pipes, and close() reads them to EOF
+            os.kill(pid, signal.SIGKILL)
+        router.close()

@@ -8,6 +8,7 @@ server; each worker's ``/metrics`` then reports the totals of all workers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ from api_router.startup import EXIT_STARTUP, StartupError, describe_upstream, re
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_SECS = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PIPE_MESSAGE_MAX = 4000  # under PIPE_BUF (4096): a write that size is never interleaved with another
 
 
@@ -59,7 +61,9 @@ def run(
             mock, mock_url = _start_mock_process()
             pinned["base_url"] = mock_url
         config = config.with_overrides(pinned)
-        return _supervise(config, workers, reservation, mock_reason, mock_url, reload, watch_path, pinned)
+        # A worker must not hold the mock's stdin open: the mock stops when the supervisor's end closes.
+        not_for_workers = [reservation.close, *([mock.stdin.close] if mock and mock.stdin else [])]
+        return _supervise(config, workers, not_for_workers, mock_reason, mock_url, reload, watch_path, pinned)
     finally:
         if reservation is not None:
             reservation.close()
@@ -72,7 +76,7 @@ def run(
 def _supervise(
     config: Config,
     workers: int,
-    reservation: socket.socket,
+    not_for_workers: list[Callable[[], None]],
     mock_reason: str | None,
     mock_url: str | None,
     reload: Callable[[], Config] | None,
@@ -86,7 +90,9 @@ def _supervise(
         if pid == 0:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            reservation.close()
+            _stop_with(supervisor)
+            for close in not_for_workers:
+                close()
             code = 1
             try:
                 code = uvloop.run(
@@ -108,6 +114,7 @@ def _supervise(
                 os._exit(code)
         return pid
 
+    supervisor = os.getpid()
     read_end, write_end = os.pipe()
     children = {start_worker(write_end) for _ in range(workers)}
     os.close(write_end)  # now the pipe ends (EOF) when every worker has reported or died
@@ -160,6 +167,18 @@ def _supervise(
         time.sleep(_RESTART_BACKOFF_SECS)  # a worker that dies at start must not spin the CPU
         children.add(start_worker(None))
     return exit_code
+
+
+def _stop_with(supervisor: int) -> None:
+    """A worker gets SIGTERM (and drains) when the supervisor dies, even by SIGKILL, when no
+    ``finally`` of the supervisor runs: Linux's PR_SET_PDEATHSIG; elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != supervisor:  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _report(fd: int | None, message: bytes, fallback: str | None = None) -> None:
