@@ -7,7 +7,11 @@ upstream is really used: the built-in mock (and why) or the configured one.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +119,25 @@ def test_workers_json_logs_name_the_process(upstream: UpstreamProcess) -> None:
     lines = [line for line in stderr.splitlines() if line.startswith("{")]
     assert lines, stderr
     assert all('"process":"worker"' in line and '"pid":' in line for line in lines), lines
+
+
+def test_ipv6_address_in_brackets() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 on this machine")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("API_ROUTER_")}
+    argv = [sys.executable, "-m", "api_router", "serve", "--host", "::1", "--port", "0"]
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the only stdout line; EOF if the router exits first
+            match = re.match(r"api-router listening on (http://\[::1\]:\d+) ", line)
+            assert match is not None, line
+            assert httpx.get(match.group(1) + "/health", timeout=5).status_code == 200  # a URL that works
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -92,10 +92,14 @@ def describe_upstream(config: Config, mock_url: str | None, mock_reason: str | N
     return Upstream(f"backends {urls}{more}")
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host  # an IPv6 address in a URL (RFC 3986 §3.2.2)
+
+
 def listening_line(scheme: str, host: str, port: int, upstream: Upstream, processes: str) -> str:
     """The one line ``serve`` prints once it accepts connections (tests and tools wait for it)."""
     return (
-        f"api-router listening on {scheme}://{host}:{port} "
+        f"api-router listening on {scheme}://{_url_host(host)}:{port} "
         f"(version {__version__}, {processes}); upstream: {upstream.summary}"
     )
 
@@ -106,7 +110,8 @@ def mock_banner(host: str, port: int, upstream: Upstream) -> str:
         f"\n  api-router is using its BUILT-IN MOCK UPSTREAM ({upstream.mock_reason}):\n"
         f"  simulated LLM at {upstream.mock_url}; answers are made up, no network or API key needed.\n"
         "  Stream tokens through the router with:\n"
-        f"    curl -N http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f"    curl -N http://{_url_host(host)}:{port}/v1/chat/completions"
+        " -H 'content-type: application/json' \\\n"
         '      -d \'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}\'\n'
         "  Point it at a real provider with --provider openai (and OPENAI_API_KEY) or --config FILE.\n"
     )
