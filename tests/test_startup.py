@@ -153,3 +153,13 @@ def test_nothing_outlives_a_killed_supervisor() -> None:
         for pid in _tagged(tag):  # first: a survivor holds the router's pipes, and close() reads them to EOF
             os.kill(pid, signal.SIGKILL)
         router.close()
+
+
+@WORKERS
+def test_upstream_ca_file_that_is_not_a_certificate(tmp_path: Path, workers: tuple[str, ...]) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not a certificate\n")
+    path = tmp_path / "ca.json"
+    path.write_text(json.dumps({"baseUrl": "https://127.0.0.1:9", "upstreamTls": {"caFile": str(ca)}}))
+    line = one_line(serve("--config", str(path), "--host", "127.0.0.1", "--port", "0", *workers))
+    assert line.startswith(f"api-router: cannot use upstreamTls.caFile {ca}: ")

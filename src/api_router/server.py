@@ -22,6 +22,7 @@ from api_router.startup import (
     StartupError,
     Upstream,
     bind_error,
+    check_upstream_ca,
     describe_upstream,
     listening_line,
     mock_banner,
@@ -84,6 +85,7 @@ async def serve(
         if pinned:
             config = config.with_overrides(pinned)
         tls = server_tls(config)
+        check_upstream_ca(config)
         app = App(config, loop, reload=reload, pinned=pinned)
         try:
             server = await loop.create_server(

@@ -54,6 +54,18 @@ def server_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def check_upstream_ca(config: Config) -> None:
+    """``upstreamTls.caFile`` must hold a certificate: the check-config model sees only that it exists."""
+    ca_file = config.upstream_tls.ca_file
+    if ca_file is None:
+        return
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise StartupError(f"api-router: cannot use upstreamTls.caFile {ca_file}: {reason}") from None
+
+
 def reserve(host: str, port: int) -> socket.socket:
     """Bind (not listen) ``host:port`` with SO_REUSEPORT, so workers can bind it too; port 0 picks one."""
     try:

@@ -24,7 +24,14 @@ import uvloop
 
 from api_router import logs
 from api_router.config import Config
-from api_router.startup import EXIT_STARTUP, StartupError, describe_upstream, reserve, server_tls
+from api_router.startup import (
+    EXIT_STARTUP,
+    StartupError,
+    check_upstream_ca,
+    describe_upstream,
+    reserve,
+    server_tls,
+)
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_SECS = 0.5
@@ -52,10 +59,11 @@ def run(
     reservation: socket.socket | None = None
     try:
         # What can fail is tried before anything is started, so a failure leaves nothing behind:
-        # the port (port 0 → pick one, so every worker binds the same one), then the certificate.
+        # the port (port 0 → pick one, so every worker binds the same one), then the certificates.
         reservation = reserve(config.host, config.port)
         pinned: dict[str, object] = {"port": reservation.getsockname()[1]}
         server_tls(config)
+        check_upstream_ca(config)
         mock_url = None
         if mock_reason is not None:
             mock, mock_url = _start_mock_process()
