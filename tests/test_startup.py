@@ -163,3 +163,21 @@ def test_upstream_ca_file_that_is_not_a_certificate(tmp_path: Path, workers: tup
     path.write_text(json.dumps({"baseUrl": "https://127.0.0.1:9", "upstreamTls": {"caFile": str(ca)}}))
     line = one_line(serve("--config", str(path), "--host", "127.0.0.1", "--port", "0", *workers))
     assert line.startswith(f"api-router: cannot use upstreamTls.caFile {ca}: ")
+
+
+def test_worker_reports_through_the_ready_pipe() -> None:
+    """The supervisor's side of start-up, in one process: ready lines, the first error, EOF."""
+    from api_router.supervisor import _await_workers, _report  # noqa: PLC0415 - the pipe protocol
+
+    def conversation(*reports: bytes, workers: int = 2) -> str | None:
+        read_end, write_end = os.pipe()
+        for message in reports:
+            _report(os.dup(write_end), message)  # each worker holds its own copy of the write end
+        os.close(write_end)
+        return _await_workers(read_end, workers)
+
+    assert conversation(b"ready", b"ready") is None
+    assert conversation(b"ready", b"error api-router: cannot listen on h:1: x\ny") == (
+        "api-router: cannot listen on h:1: x y"  # one line, whatever the message held
+    )
+    assert conversation(b"ready") == "api-router: a worker exited before it was ready"
