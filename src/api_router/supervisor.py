@@ -77,7 +77,11 @@ def run(
             reservation.close()
         if mock is not None:
             mock.terminate()
-            mock.wait(timeout=5)
+            try:
+                mock.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                mock.kill()
+                mock.wait()
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
@@ -101,6 +105,8 @@ def _supervise(
             _stop_with(supervisor)
             for close in not_for_workers:
                 close()
+            if ready_fd is not None:
+                os.close(read_end)  # only the supervisor reads; later workers never had it open
             code = 1
             try:
                 code = uvloop.run(
