@@ -41,11 +41,18 @@ class RouterProcess:
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, text=True, bufsize=1
         )
         self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, lines, None), daemon=True).start()
-        threading.Thread(
-            target=self._pump, args=(self.proc.stderr, None, self.stderr_lines), daemon=True
-        ).start()
+        self._pumps = [
+            threading.Thread(
+                target=self._pump, args=(self.proc.stdout, lines, self.stdout_lines), daemon=True
+            ),
+            threading.Thread(
+                target=self._pump, args=(self.proc.stderr, None, self.stderr_lines), daemon=True
+            ),
+        ]
+        for pump in self._pumps:
+            pump.start()
         try:
             while True:
                 line = lines.get(timeout=ready_timeout)
@@ -92,6 +99,8 @@ class RouterProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        for pump in self._pumps:  # what the process wrote before it ended, all of it (reads end at EOF)
+            pump.join(timeout=5)
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from api_router import __version__
 from api_router import config as cfg
+from api_router.mock_shape import shapes_help
 
 ENV_CONFIG_PATH = "API_ROUTER_CONFIG_PATH"
 # override name -> environment variable; all plain strings, validated by Config.
@@ -70,6 +71,17 @@ def load_config(source: ConfigSource, overrides: Mapping[str, Any]) -> cfg.Confi
 def wants_mock(source: ConfigSource, config: cfg.Config) -> bool:
     """The mock preset, or any config whose baseUrl port is 0 (a placeholder for the mock)."""
     return source.preset == "mock" or (config.base_url is not None and urlsplit(config.base_url).port == 0)
+
+
+def mock_reason(source: ConfigSource, config: cfg.Config, provider: str | None) -> str | None:
+    """Why serve uses the built-in mock, in the banner's words; None when it does not."""
+    if not wants_mock(source, config):
+        return None
+    if provider == "mock":
+        return "--provider mock"
+    if source.preset == "mock":
+        return "no config given"
+    return f"{source.path} has baseUrl port 0"
 
 
 def _positive_int(text: str) -> int:
@@ -126,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
         "key for completion and checking in editors (docs/configuration.md).",
     )
 
-    mock = commands.add_parser("mock-upstream", help="run the built-in mock LLM upstream")
+    mock = commands.add_parser(
+        "mock-upstream",
+        help="run the built-in mock LLM upstream",
+        description="Run the built-in simulated LLM upstream (OpenAI- and Anthropic-shaped answers, "
+        "streamed or not) on its own; prints READY URL once it listens.",
+        epilog=shapes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=_port, default=0, help="0 picks a free port (default)")
     mock.add_argument("--tokens-per-second", type=float, default=20.0)
@@ -154,7 +173,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     return server.run(
         config,
-        start_mock=wants_mock(source, config),
+        mock_reason=mock_reason(source, config, args.provider),
         workers=args.workers,
         reload=reload,
         watch_path=source.path,

@@ -15,7 +15,15 @@ access = logging.getLogger("api_router.access")
 log = logging.getLogger("api_router")
 
 
+def _process(record: logging.LogRecord, supervisor_pid: int) -> str:
+    return "supervisor" if record.process == supervisor_pid else "worker"
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, supervisor_pid: int | None = None) -> None:
+        super().__init__()
+        self._supervisor_pid = supervisor_pid
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -24,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self._supervisor_pid is not None:
+            entry["process"] = _process(record, self._supervisor_pid)
+            entry["pid"] = record.process
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -33,10 +44,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+    def __init__(self, supervisor_pid: int | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(process_tag)s %(message)s")
+        self._supervisor_pid = supervisor_pid
 
     def format(self, record: logging.LogRecord) -> str:
+        pid = self._supervisor_pid  # with workers: "... api_router [worker 4242] message"
+        record.process_tag = "" if pid is None else f" [{_process(record, pid)} {record.process}]"
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -44,9 +58,11 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str, fmt: str) -> None:
+def configure(level: str, fmt: str, supervisor_pid: int | None = None) -> None:
+    """``supervisor_pid`` (``--workers``): each line names its process, supervisor or worker, and pid;
+    records carry the pid of the process that made them, so forked workers need no new set-up."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(supervisor_pid) if fmt == "json" else TextFormatter(supervisor_pid))
     root = logging.getLogger("api_router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -64,8 +80,30 @@ def access_line(forwarder: Forwarder, outcome: str) -> None:
         "status": forwarder.status or 499,
         "latency_ms": round((now - forwarder.started_at) * 1000, 2),
         "upstream_latency_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
-        "bytes": forwarder.state.bytes_forwarded,
+        # The body the client got: the upstream's bytes and the router's own (heartbeats, the
+        # SSE error event, an error response), as nginx's $body_bytes_sent; no head, no framing.
+        "bytes": forwarder.state.bytes_forwarded + forwarder.own_bytes,
         "outcome": outcome,
         "stream": forwarder.state.sse,
+    }
+    access.info("request", extra={"fields": fields})
+
+
+def local_access_line(
+    request_id: bytes, route: str, status: int, started_at: float | None, body_bytes: int, outcome: str
+) -> None:
+    """A response the router wrote itself (a refusal, /health, a cache hit): the same fields."""
+    if not access.isEnabledFor(logging.INFO):
+        return
+    latency = 0.0 if started_at is None else time.perf_counter() - started_at
+    fields = {
+        "request_id": request_id.decode(),
+        "route": route,
+        "status": status,
+        "latency_ms": round(latency * 1000, 2),
+        "upstream_latency_ms": None,
+        "bytes": body_bytes,
+        "outcome": outcome,
+        "stream": False,
     }
     access.info("request", extra={"fields": fields})

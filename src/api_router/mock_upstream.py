@@ -16,6 +16,7 @@ import asyncio
 import http
 import itertools
 import json
+import os
 import signal
 import ssl as ssl_module
 import sys
@@ -27,19 +28,25 @@ from urllib.parse import parse_qs
 
 import httptools
 
-from api_router.mock_upstream_shapes import (
+from api_router.mock_shape import (
+    AUDIO_ROUTES,
+    JSON_ROUTES,
+    LLM_ROUTES,
     MockSpecError,
+    Shape,
+    parse_mock,
+    shapes_help,
+)
+from api_router.mock_upstream_shapes import (
     MockStats,
     MultipartCounter,
     Request,
-    Shape,
     StreamRecord,
     chunked,
     completion_body,
     embeddings_body,
     error_body,
     models_body,
-    parse_mock,
     stream_events,
 )
 from api_router.net.tasks import spawn
@@ -49,9 +56,6 @@ __all__ = ["MockStats", "MockUpstream", "StreamRecord", "main", "run", "start"]
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 YIELD_EVERY = 16  # at interval 0, let the loop run every N events
-LLM_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/messages": "messages"}
-AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
-JSON_ROUTES = (*LLM_ROUTES, "/v1/embeddings")
 Events = tuple[list[bytes], int, Callable[[int], bytes], list[bytes]]
 
 
@@ -417,8 +421,12 @@ def run(
     tokens_per_second: float = 20.0,
     certfile: str | None = None,
     keyfile: str | None = None,
+    exit_on_stdin_eof: bool = False,
 ) -> int:
-    """Serve until SIGINT/SIGTERM (uvloop when importable); prints one ``READY <url>`` line."""
+    """Serve until SIGINT/SIGTERM (uvloop when importable); prints one ``READY <url>`` line.
+
+    ``exit_on_stdin_eof``: also stop when stdin ends, i.e. when the process that started us with
+    a pipe there is gone (the router's supervisor), so the mock never outlives it."""
     context = None
     if certfile is not None:
         context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
@@ -430,6 +438,15 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        if exit_on_stdin_eof:
+            fd = sys.stdin.fileno()
+
+            def stdin_readable() -> None:
+                if not os.read(fd, 4096):  # EOF: the parent closed its end or died
+                    loop.remove_reader(fd)
+                    stop.set()
+
+            loop.add_reader(fd, stdin_readable)
         print(f"READY {mock.url}", flush=True)
         try:
             await stop.wait()
@@ -449,15 +466,26 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m api_router.mock_upstream", description="simulated LLM upstream"
+        prog="python -m api_router.mock_upstream",
+        description="simulated LLM upstream",
+        epilog=shapes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--tokens-per-second", type=float, default=20.0)
     ap.add_argument("--certfile")
     ap.add_argument("--keyfile")
+    ap.add_argument("--exit-on-stdin-eof", action="store_true", help="also stop when stdin ends")
     a = ap.parse_args(argv)
-    return run(a.host, a.port, tokens_per_second=a.tokens_per_second, certfile=a.certfile, keyfile=a.keyfile)
+    return run(
+        a.host,
+        a.port,
+        tokens_per_second=a.tokens_per_second,
+        certfile=a.certfile,
+        keyfile=a.keyfile,
+        exit_on_stdin_eof=a.exit_on_stdin_eof,
+    )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from api_router.mock_shape import MockSpecError, Shape
+
 MODELS = ("mock-large", "mock-small", "mock-embed")
 KEEP_STREAMS = 10_000
 KEEP_REQUESTS = 200
-_decoder = json.JSONDecoder()
 
 
 class StreamRecord:
@@ -80,80 +81,6 @@ class MockStats:
         if with_streams:
             out["streams"] = [rec.as_dict() for rec in self.streams]
         return out
-
-
-class MockSpecError(ValueError):
-    """The request's mock control object is unusable (answered with 400)."""
-
-
-def _texts(body: dict[str, Any]) -> list[str]:
-    """Text of the last message (string or content-part list), or the prompt."""
-    out: list[str] = []
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        content = messages[-1].get("content")
-        if isinstance(content, str):
-            out.append(content)
-        elif isinstance(content, list):
-            out.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        out.append(prompt)
-    elif isinstance(prompt, list):
-        out.extend(p for p in prompt if isinstance(p, str))
-    return out
-
-
-def parse_mock(body: dict[str, Any]) -> dict[str, Any]:
-    """The stream-shape object: ``body["mock"]``, else ``MOCK{...}`` in the last message / prompt."""
-    mock = body.get("mock")
-    if isinstance(mock, dict):
-        return mock
-    for text in reversed(_texts(body)):
-        at = text.rfind("MOCK{")
-        if at >= 0:
-            try:
-                found, _ = _decoder.raw_decode(text, at + 4)
-            except ValueError as err:
-                raise MockSpecError(f"bad MOCK{{...}} in message text: {err}") from None
-            if not isinstance(found, dict):  # pragma: no cover - raw_decode of "{" is a dict
-                raise MockSpecError("MOCK{...} must be a JSON object")
-            return found
-    return {}
-
-
-def _num(mock: dict[str, Any], key: str, default: float | None = None) -> float | None:
-    value = mock.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise MockSpecError(f"mock.{key} must be a number")
-    return float(value)
-
-
-class Shape:
-    """The validated ``mock`` object of one request (delays in seconds)."""
-
-    def __init__(self, mock: dict[str, Any], default_interval_ms: float) -> None:
-        self.req_id = None if mock.get("req_id") is None else str(mock["req_id"])
-        self.tokens = int(_num(mock, "tokens", 20) or 0)
-        self.payload = int(_num(mock, "payload", 9) or 0)
-        self.interval = (_num(mock, "interval_ms", default_interval_ms) or 0.0) / 1000
-        self.header_delay = (_num(mock, "header_delay_ms", 0) or 0.0) / 1000
-        self.first_token_delay = (_num(mock, "first_token_delay_ms", 0) or 0.0) / 1000
-        self.stall_after, self.stall_s = _num(mock, "stall_after"), _num(mock, "stall_s", 0) or 0.0
-        self.stall_mid = bool(mock.get("stall_mid_event", False))
-        self.die_after, self.status = _num(mock, "die_after"), _num(mock, "status")
-        raw, delays = mock.get("raw_events"), mock.get("event_delays_ms")
-        if raw is not None and (not isinstance(raw, list) or not all(isinstance(e, str) for e in raw)):
-            raise MockSpecError("mock.raw_events must be a list of strings")
-        self.raw_events = None if raw is None else [e.encode() for e in raw]
-        if delays is not None and not (
-            isinstance(delays, list)
-            and all(isinstance(d, int | float) and not isinstance(d, bool) for d in delays)
-        ):
-            raise MockSpecError("mock.event_delays_ms must be a list of numbers")
-        self.event_delays = None if delays is None or raw is None else [d / 1000 for d in delays]
 
 
 def stream_events(

@@ -6,17 +6,28 @@ import asyncio
 import gc
 import os
 import signal
-import ssl
 import sys
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 
-from api_router import __version__, logs
+from api_router import logs
 from api_router.app import App
 from api_router.config import Config
 from api_router.net.downstream import DownstreamProtocol
+from api_router.startup import (
+    EXIT_STARTUP,
+    StartupError,
+    Upstream,
+    bind_error,
+    check_upstream_ca,
+    describe_upstream,
+    listening_line,
+    mock_banner,
+    server_tls,
+)
 
 WATCH_INTERVAL_SECS = 1.0
 
@@ -39,52 +50,64 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """What a serving process tells whoever started it, once it accepts connections."""
+
+    scheme: str
+    host: str
+    port: int
+    upstream: Upstream
+
+
 async def serve(
     config: Config,
     *,
-    start_mock: bool,
+    mock_reason: str | None,
+    on_ready: Callable[[Listening], None],
     reload: Callable[[], Config] | None = None,
     watch_path: str | None = None,
     pinned: Mapping[str, Any] | None = None,
     reuse_port: bool = False,
+    mock_url: str | None = None,
 ) -> int:
+    """Serve until SIGTERM/SIGINT. ``mock_reason``: start the built-in mock in this process (why);
+    ``mock_url``: one already running (the supervisor's). Raises StartupError if it cannot start."""
     loop = asyncio.get_running_loop()
     pinned = dict(pinned or {})
     mock = None
-    if start_mock:
+    if mock_reason is not None and mock_url is None:
         from api_router import mock_upstream  # noqa: PLC0415 - only when asked for
 
         mock = await mock_upstream.start("127.0.0.1", 0)
-        pinned["base_url"] = f"http://127.0.0.1:{mock.port}"
-    if pinned:
-        config = config.with_overrides(pinned)
-    app = App(config, loop, reload=reload, pinned=pinned)
-    tls = None
-    if config.tls is not None:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(config.tls.cert_file, config.tls.key_file)
-    server = await loop.create_server(
-        lambda: DownstreamProtocol(app),
-        config.host,
-        config.port,
-        backlog=4096,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
-        ssl=tls,
-    )
+        mock_url = pinned["base_url"] = f"http://127.0.0.1:{mock.port}"
+    try:
+        if pinned:
+            config = config.with_overrides(pinned)
+        tls = server_tls(config)
+        check_upstream_ca(config)
+        app = App(config, loop, reload=reload, pinned=pinned)
+        try:
+            server = await loop.create_server(
+                lambda: DownstreamProtocol(app),
+                config.host,
+                config.port,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                ssl=tls,
+            )
+        except OSError as exc:
+            app.backends.stop()
+            raise bind_error(exc, config.host, config.port) from None
+    except BaseException:
+        if mock is not None:
+            mock.close()
+        raise
     port = server.sockets[0].getsockname()[1]
     tune_gc()
-    if mock is not None:
-        print(_mock_banner(config.host, port, mock.port), file=sys.stderr, flush=True)
-    logs.log.info(
-        "api-router %s listening on %s:%d, upstream %s",
-        __version__,
-        config.host,
-        port,
-        app.backends.describe(),
-    )
     scheme = "https" if tls is not None else "http"
-    print(f"api-router listening on {scheme}://{config.host}:{port}", flush=True)
+    on_ready(Listening(scheme, config.host, port, describe_upstream(config, mock_url, mock_reason)))
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -139,27 +162,33 @@ class _FileWatcher:
 def run(
     config: Config,
     *,
-    start_mock: bool,
+    mock_reason: str | None,
     workers: int = 1,
     reload: Callable[[], Config] | None = None,
     watch_path: str | None = None,
 ) -> int:
-    logs.configure(config.log_level, config.log_format)
-    if workers > 1:
-        from api_router import supervisor  # noqa: PLC0415
+    """Serve in this process, or supervise ``workers`` forked ones; 2 if it cannot start."""
+    logs.configure(config.log_level, config.log_format, supervisor_pid=os.getpid() if workers > 1 else None)
+    try:
+        if workers > 1:
+            from api_router import supervisor  # noqa: PLC0415
 
-        return supervisor.run(
-            config, start_mock=start_mock, workers=workers, reload=reload, watch_path=watch_path
+            return supervisor.run(
+                config, mock_reason=mock_reason, workers=workers, reload=reload, watch_path=watch_path
+            )
+        return uvloop.run(
+            serve(config, mock_reason=mock_reason, on_ready=announce, reload=reload, watch_path=watch_path)
         )
-    return uvloop.run(serve(config, start_mock=start_mock, reload=reload, watch_path=watch_path))
+    except StartupError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return EXIT_STARTUP
 
 
-def _mock_banner(host: str, port: int, mock_port: int) -> str:
-    return (
-        "\n  api-router is using its BUILT-IN MOCK UPSTREAM (no config given, or --provider mock):\n"
-        f"  simulated LLM at http://127.0.0.1:{mock_port}; no network or API key needed.\n"
-        "  Stream tokens through the router with:\n"
-        f"    curl -N http://{host}:{port}/v1/chat/completions -H 'content-type: application/json' \\\n"
-        '      -d \'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}\'\n'
-        "  Point it at a real provider with --provider openai (and OPENAI_API_KEY) or --config FILE.\n"
-    )
+def announce(listening: Listening, processes: str | None = None) -> None:
+    """The banner (mock only, on stderr) and the one listening line (stdout)."""
+    upstream = listening.upstream
+    if upstream.mock_url is not None:
+        print(mock_banner(listening.host, listening.port, upstream), file=sys.stderr, flush=True)
+    processes = processes or f"pid {os.getpid()}"
+    line = listening_line(listening.scheme, listening.host, listening.port, upstream, processes)
+    print(line, flush=True)

@@ -8,6 +8,7 @@ server; each worker's ``/metrics`` then reports the totals of all workers.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -23,9 +24,19 @@ import uvloop
 
 from api_router import logs
 from api_router.config import Config
+from api_router.startup import (
+    EXIT_STARTUP,
+    StartupError,
+    check_upstream_ca,
+    describe_upstream,
+    reserve,
+    server_tls,
+)
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_SECS = 0.5
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PIPE_MESSAGE_MAX = 4000  # under PIPE_BUF (4096): a write that size is never interleaved with another
 
 
 def prepare_metrics_dir() -> str:
@@ -37,50 +48,90 @@ def prepare_metrics_dir() -> str:
 def run(
     config: Config,
     *,
-    start_mock: bool,
+    mock_reason: str | None,
     workers: int,
     reload: Callable[[], Config] | None,
     watch_path: str | None,
 ) -> int:
+    """Start ``workers`` and supervise them; StartupError (nothing left running) if they cannot start."""
+    metrics_dir = os.environ.get(METRICS_DIR_ENV) or prepare_metrics_dir()
+    mock: subprocess.Popen[str] | None = None
+    reservation: socket.socket | None = None
+    try:
+        # What can fail is tried before anything is started, so a failure leaves nothing behind:
+        # the port (port 0 → pick one, so every worker binds the same one), then the certificates.
+        reservation = reserve(config.host, config.port)
+        pinned: dict[str, object] = {"port": reservation.getsockname()[1]}
+        server_tls(config)
+        check_upstream_ca(config)
+        mock_url = None
+        if mock_reason is not None:
+            mock, mock_url = _start_mock_process()
+            pinned["base_url"] = mock_url
+        config = config.with_overrides(pinned)
+        # A worker must not hold the mock's stdin open: the mock stops when the supervisor's end closes.
+        not_for_workers = [reservation.close, *([mock.stdin.close] if mock and mock.stdin else [])]
+        return _supervise(config, workers, not_for_workers, mock_reason, mock_url, reload, watch_path, pinned)
+    finally:
+        if reservation is not None:
+            reservation.close()
+        if mock is not None:
+            mock.terminate()
+            try:
+                mock.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                mock.kill()
+                mock.wait()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(
+    config: Config,
+    workers: int,
+    not_for_workers: list[Callable[[], None]],
+    mock_reason: str | None,
+    mock_url: str | None,
+    reload: Callable[[], Config] | None,
+    watch_path: str | None,
+    pinned: dict[str, object],
+) -> int:
     from api_router.server import serve  # noqa: PLC0415 - server imports prometheus_client
 
-    metrics_dir = os.environ.get(METRICS_DIR_ENV) or prepare_metrics_dir()
-    pinned: dict[str, object] = {}
-    mock = None
-    if start_mock:
-        mock = _start_mock_process()
-        pinned["base_url"] = mock[1]
-    # Reserve the port (port 0 → pick one) so every worker binds the same one.
-    reservation = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    reservation.bind((config.host, config.port))
-    pinned["port"] = reservation.getsockname()[1]
-    config = config.with_overrides(pinned)
-
-    def start_worker() -> int:
+    def start_worker(ready_fd: int | None) -> int:
         pid = os.fork()
         if pid == 0:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
-            reservation.close()
+            _stop_with(supervisor)
+            for close in not_for_workers:
+                close()
+            if ready_fd is not None:
+                os.close(read_end)  # only the supervisor reads; later workers never had it open
             code = 1
             try:
                 code = uvloop.run(
                     serve(
                         config,
-                        start_mock=False,
+                        mock_reason=mock_reason,
+                        mock_url=mock_url,
+                        on_ready=lambda _: _report(ready_fd, b"ready"),
                         reload=reload,
                         watch_path=watch_path,
                         pinned=pinned,
                         reuse_port=True,
                     )
                 )
+            except StartupError as exc:  # the supervisor prints it, once for all workers
+                _report(ready_fd, b"error " + str(exc).encode(), fallback=str(exc))
+                code = EXIT_STARTUP
             finally:
                 os._exit(code)
         return pid
 
-    children = {start_worker() for _ in range(workers)}
+    supervisor = os.getpid()
+    read_end, write_end = os.pipe()
+    children = {start_worker(write_end) for _ in range(workers)}
+    os.close(write_end)  # now the pipe ends (EOF) when every worker has reported or died
     stopping = False
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -93,32 +144,79 @@ def run(
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    logs.log.info("supervisor %d: %d workers on port %d", os.getpid(), workers, pinned["port"])
-    exit_code = 0
-    try:
+    failure = _await_workers(read_end, workers)
+    if failure is not None or stopping:
+        forward(signal.SIGTERM, None)  # the workers that did start stop too: all or nothing
         while children:
             try:
-                pid, status = os.wait()
+                pid, _ = os.wait()
             except ChildProcessError:
                 break
-            if pid not in children:
-                continue
             children.discard(pid)
             _mark_dead(pid)
-            code = os.waitstatus_to_exitcode(status)
-            if stopping:
-                exit_code = exit_code or max(code, 0)
-                continue
-            logs.log.error("worker %d died (exit %d); starting a new one", pid, code)
-            time.sleep(_RESTART_BACKOFF_SECS)  # a worker that dies at start must not spin the CPU
-            children.add(start_worker())
-    finally:
-        reservation.close()
-        if mock is not None:
-            mock[0].terminate()
-            mock[0].wait(timeout=5)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        if failure is not None and not stopping:
+            raise StartupError(failure)
+        return 0
+    from api_router.server import Listening, announce  # noqa: PLC0415
+
+    scheme = "https" if config.tls is not None else "http"
+    upstream = describe_upstream(config, mock_url, mock_reason)
+    pids = ", ".join(str(pid) for pid in sorted(children))
+    announce(Listening(scheme, config.host, config.port, upstream), f"{workers} workers: pids {pids}")
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        children.discard(pid)
+        _mark_dead(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            exit_code = exit_code or max(code, 0)
+            continue
+        logs.log.error("worker %d died (exit %d); starting a new one", pid, code)
+        time.sleep(_RESTART_BACKOFF_SECS)  # a worker that dies at start must not spin the CPU
+        children.add(start_worker(None))
     return exit_code
+
+
+def _stop_with(supervisor: int) -> None:
+    """A worker gets SIGTERM (and drains) when the supervisor dies, even by SIGKILL, when no
+    ``finally`` of the supervisor runs: Linux's PR_SET_PDEATHSIG; elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != supervisor:  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _report(fd: int | None, message: bytes, fallback: str | None = None) -> None:
+    """A worker tells the supervisor it is ready (or why it cannot be), in one write (atomic in a pipe)."""
+    if fd is None:  # a worker started after start-up: nobody waits on it
+        if fallback is not None:
+            print(fallback, file=sys.stderr, flush=True)
+        return
+    os.write(fd, message[:PIPE_MESSAGE_MAX].replace(b"\n", b" ") + b"\n")
+    os.close(fd)
+
+
+def _await_workers(read_end: int, workers: int) -> str | None:
+    """None once every worker is ready; else the first failure's line (a worker that died silently
+    has printed its own traceback)."""
+    ready = 0
+    with os.fdopen(read_end, "rb") as pipe:
+        for line in pipe:
+            if line.startswith(b"error "):
+                return line[len(b"error ") :].decode(errors="replace").rstrip("\n")
+            ready += 1
+            if ready == workers:
+                return None
+    return "api-router: a worker exited before it was ready"
 
 
 def _mark_dead(pid: int) -> None:
@@ -128,12 +226,18 @@ def _mark_dead(pid: int) -> None:
 
 
 def _start_mock_process() -> tuple[subprocess.Popen[str], str]:
+    """The mock in its own process, shared by the workers; it exits when its stdin closes, which
+    happens when the supervisor dies however it dies (even SIGKILL: no finally runs then)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api_router.mock_upstream", "--port", "0"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "api_router.mock_upstream", "--port", "0", "--exit-on-stdin-eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()
-        raise RuntimeError("the built-in mock upstream did not start")
+        proc.wait()
+        raise StartupError("api-router: the built-in mock upstream did not start")
     return proc, line.split()[1]

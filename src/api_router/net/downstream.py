@@ -73,7 +73,7 @@ class _Request:
         self.header_bytes = 0
         self.head_done = False  # after it, on_header reports trailer fields of a chunked body
         self.method = "GET"
-        self.path = "/"
+        self.path = "-"  # until the request target is parsed: "-" in the access line
         self.query = b""
         self.route: Route | RouteKind | None = None
         self.error: GatewayError | None = None
@@ -153,7 +153,9 @@ class DownstreamProtocol(asyncio.Protocol):
                 code="too_many_connections",
                 headers=(("Retry-After", "1"),),
             )
-            self.send_error(busy, ApiFlavor.OPENAI, b"", keep_alive=False)
+            request_id = _request_id(None)
+            sent = self.send_error(busy, ApiFlavor.OPENAI, request_id, keep_alive=False)
+            logs.local_access_line(request_id, "-", busy.status, None, sent, "rejected")
             self._closed = True
             return
         self._arm(self.app.keep_alive_timeout)
@@ -377,8 +379,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def _refuse(self, req: _Request, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
         """Answer a request the router itself turned down (the connection stays usable)."""
-        self.send_error(error, flavor, req.request_id, req.keep_alive)
-        self.app.metrics.local_response(req.path, error.status)
+        sent = self.send_error(error, flavor, req.request_id, req.keep_alive)
+        self._answered(req, error.status, sent, "rejected")
 
     def _handle(self, req: _Request) -> None:
         route = req.route
@@ -470,6 +472,9 @@ class DownstreamProtocol(asyncio.Protocol):
             response_head(cached.status, headers, Framing.LENGTH, len(cached.body)) + cached.body
         )
         self.app.metrics.local_response(route.path, cached.status)
+        logs.local_access_line(
+            req.request_id, route.path, cached.status, req.started_at, len(cached.body), "cache_hit"
+        )
         if not req.keep_alive:
             self._closed = True
             self.transport.close()
@@ -560,25 +565,32 @@ class DownstreamProtocol(asyncio.Protocol):
             headers.append((b"connection", b"close"))
         payload = b"" if req.method == "HEAD" else body
         self.transport.write(response_head(status, headers, Framing.LENGTH, len(body)) + payload)
-        self.app.metrics.local_response(req.path, status)
+        self._answered(req, status, len(payload), "answered")
         if not req.keep_alive:
             self.transport.close()
 
+    def _answered(self, req: _Request, status: int, body_bytes: int, outcome: str) -> None:
+        """A response the router wrote itself is counted and gets its access line, as forwarded ones
+        (``body_bytes`` -1: the connection was gone, nothing was written, so no line)."""
+        self.app.metrics.local_response(req.path, status)
+        if body_bytes >= 0:
+            logs.local_access_line(req.request_id, req.path, status, req.started_at, body_bytes, outcome)
+
     def send_error(
         self, error: GatewayError, flavor: ApiFlavor, request_id: bytes, keep_alive: bool = True
-    ) -> bool:
-        """Write a whole error response; returns whether the connection stays open."""
+    ) -> int:
+        """Write a whole error response; returns the body's size, or -1 if the connection was gone."""
         if self._closed:
-            return False
+            return -1
         body = error.body(flavor)
-        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id or _request_id(None))]
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id)]
         headers.extend((name.encode(), value.encode()) for name, value in error.headers)
         if not keep_alive:
             headers.append((b"connection", b"close"))
         self.transport.write(response_head(error.status, headers, Framing.LENGTH, len(body)) + body)
         if not keep_alive:
             self.transport.close()
-        return keep_alive
+        return len(body)
 
     def _reject_and_close(self, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
         """For input we stop reading: answer once, then close (the parser state is unusable)."""
@@ -594,8 +606,12 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.pause_reading(UNREADABLE)
             return
         elif self.exchange is None:
-            self.send_error(error, flavor, req.request_id if req else b"", keep_alive=False)
-            self.app.metrics.local_response(req.path if req else "-", error.status)
+            if req is None:  # input that never became a request: the line still has an id
+                req = _Request(time.perf_counter())
+            if not req.request_id:
+                req.request_id = _request_id(None)
+            sent = self.send_error(error, flavor, req.request_id, keep_alive=False)
+            self._answered(req, error.status, sent, "rejected")
         self._closed = True
         self.transport.close()
 

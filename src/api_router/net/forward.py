@@ -99,6 +99,7 @@ class Forwarder:
         "last_heartbeat",
         "last_read",
         "loop",
+        "own_bytes",
         "published_bytes",
         "published_heartbeats",
         "request_id",
@@ -164,6 +165,7 @@ class Forwarder:
         self._client_saw = False  # a byte of the response (its head included) was written
         self.published_bytes = 0
         self.published_heartbeats = 0
+        self.own_bytes = 0  # the router's own bytes in the body: heartbeats, error event or response
         self.group = group
         self.backend: Backend | None = None
         self.target: Target = group.targets[group.backends[0].name]  # replaced at each pick
@@ -548,6 +550,7 @@ class Forwarder:
 
     def upstream_body_write(self, data: bytes) -> None:
         """Write bytes of our own (heartbeat, error event) in the response's framing, after what is queued."""
+        self.own_bytes += len(data)
         if self._framing is Framing.CHUNKED:
             self._out += (b"%x\r\n" % len(data), data, CRLF)
         else:
@@ -570,9 +573,12 @@ class Forwarder:
         keep_alive = False
         if ending.error_response is not None:
             self.status = ending.error_response.status
-            keep_alive = self.downstream.send_error(
-                ending.error_response, self.route.flavor, self.request_id, not self.downstream.close_after
+            close_after = self.downstream.close_after
+            sent = self.downstream.send_error(
+                ending.error_response, self.route.flavor, self.request_id, not close_after
             )
+            keep_alive = sent >= 0 and not close_after
+            self.own_bytes += max(sent, 0)
         elif ending.close_downstream:
             self.downstream.abort()
         else:
