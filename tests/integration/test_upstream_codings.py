@@ -69,12 +69,17 @@ def slow_gzip_event_stream(conn: socket.socket, stop: threading.Event) -> None:
     conn.sendall(b"0\r\n\r\n")
 
 
+CLIENT_HAS_BYTES = threading.Event()  # set by the test once the first body bytes reached it
+
+
 def gzip_event_stream_then_dies(conn: socket.socket, stop: threading.Event) -> None:
     body = gzip_bytes(EVENTS)
     conn.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: gzip\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + chunk(body[: len(body) // 2])
     )
+    # Break only after the client holds bytes: a break in the head's own read is a plain 502.
+    CLIENT_HAS_BYTES.wait(10)
     conn.sendall(b"zz\r\n")  # not a chunk size: the upstream broke mid-body
 
 
@@ -98,6 +103,7 @@ def test_a_gzip_event_stream_is_forwarded_byte_for_byte_without_heartbeats(route
 
 
 def test_a_gzip_event_stream_that_breaks_gets_no_error_event_inside_it(router_for):
+    CLIENT_HAS_BYTES.clear()
     router = router_for(gzip_event_stream_then_dies)
     body = {"model": "m", "stream": True, "messages": []}
     sent = gzip_bytes(EVENTS)
@@ -109,4 +115,5 @@ def test_a_gzip_event_stream_that_breaks_gets_no_error_event_inside_it(router_fo
         assert resp.status_code == 200
         for piece in resp.iter_raw():
             raw += piece
+            CLIENT_HAS_BYTES.set()
     assert sent.startswith(raw), "bytes other than the upstream's were written into the compressed body"
