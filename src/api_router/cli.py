@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -166,18 +166,55 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from api_router.supervisor import prepare_metrics_dir  # noqa: PLC0415
 
         prepare_metrics_dir()  # before prometheus_client is imported (by the server)
-    from api_router import server  # noqa: PLC0415 - lazy: heavy, and not needed by other commands
 
     def reload() -> cfg.Config:
         return load_config(source, overrides)
 
-    return server.run(
+    return _run(
         config,
         mock_reason=mock_reason(source, config, args.provider),
         workers=args.workers,
         reload=reload,
         watch_path=source.path,
     )
+
+
+def _run(
+    config: cfg.Config,
+    *,
+    mock_reason: str | None,
+    workers: int,
+    reload: Callable[[], cfg.Config],
+    watch_path: str | None,
+) -> int:
+    """Serve in this process, or supervise ``workers`` forked ones that serve; 2 if it cannot start."""
+    # Lazy: heavy (uvloop, prometheus_client), and not needed by the other commands.
+    import uvloop  # noqa: PLC0415
+
+    from api_router import logs, server  # noqa: PLC0415
+    from api_router.startup import EXIT_STARTUP, StartupError, announce  # noqa: PLC0415
+
+    logs.configure(config.log_level, config.log_format, supervisor_pid=os.getpid() if workers > 1 else None)
+    try:
+        if workers > 1:
+            from api_router import supervisor  # noqa: PLC0415
+
+            return supervisor.run(
+                config,
+                serve=server.serve,
+                mock_reason=mock_reason,
+                workers=workers,
+                reload=reload,
+                watch_path=watch_path,
+            )
+        return uvloop.run(
+            server.serve(
+                config, mock_reason=mock_reason, on_ready=announce, reload=reload, watch_path=watch_path
+            )
+        )
+    except StartupError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return EXIT_STARTUP
 
 
 def _check_config(args: argparse.Namespace) -> int:

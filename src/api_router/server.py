@@ -6,26 +6,18 @@ import asyncio
 import gc
 import os
 import signal
-import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
-
-import uvloop
 
 from api_router import logs
 from api_router.app import App
 from api_router.config import Config
 from api_router.net.downstream import DownstreamProtocol
 from api_router.startup import (
-    EXIT_STARTUP,
-    StartupError,
-    Upstream,
+    Listening,
     bind_error,
     check_upstream_ca,
     describe_upstream,
-    listening_line,
-    mock_banner,
     server_tls,
 )
 
@@ -48,16 +40,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
-
-
-@dataclass(frozen=True, slots=True)
-class Listening:
-    """What a serving process tells whoever started it, once it accepts connections."""
-
-    scheme: str
-    host: str
-    port: int
-    upstream: Upstream
 
 
 async def serve(
@@ -157,38 +139,3 @@ class _FileWatcher:
 
     def stop(self) -> None:
         self._handle.cancel()
-
-
-def run(
-    config: Config,
-    *,
-    mock_reason: str | None,
-    workers: int = 1,
-    reload: Callable[[], Config] | None = None,
-    watch_path: str | None = None,
-) -> int:
-    """Serve in this process, or supervise ``workers`` forked ones; 2 if it cannot start."""
-    logs.configure(config.log_level, config.log_format, supervisor_pid=os.getpid() if workers > 1 else None)
-    try:
-        if workers > 1:
-            from api_router import supervisor  # noqa: PLC0415
-
-            return supervisor.run(
-                config, mock_reason=mock_reason, workers=workers, reload=reload, watch_path=watch_path
-            )
-        return uvloop.run(
-            serve(config, mock_reason=mock_reason, on_ready=announce, reload=reload, watch_path=watch_path)
-        )
-    except StartupError as exc:
-        print(exc, file=sys.stderr, flush=True)
-        return EXIT_STARTUP
-
-
-def announce(listening: Listening, processes: str | None = None) -> None:
-    """The banner (mock only, on stderr) and the one listening line (stdout)."""
-    upstream = listening.upstream
-    if upstream.mock_url is not None:
-        print(mock_banner(listening.host, listening.port, upstream), file=sys.stderr, flush=True)
-    processes = processes or f"pid {os.getpid()}"
-    line = listening_line(listening.scheme, listening.host, listening.port, upstream, processes)
-    print(line, flush=True)

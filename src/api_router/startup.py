@@ -3,14 +3,16 @@
 A failure to start is an operator's problem, not a client's: it is one line on stderr naming
 what is wrong (the address, the file), and exit status 2, the same as an invalid config. It is
 never a traceback, and nothing started on the way (the mock upstream, workers) is left running:
-``server`` and ``supervisor`` raise ``StartupError`` and clean up, ``server.run`` prints it.
+``server`` and ``supervisor`` raise ``StartupError`` and clean up, ``cli`` prints it.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 
 from api_router import __version__
@@ -93,6 +95,16 @@ class Upstream:
     mock_reason: str | None = None  # why the mock is used ("no config given", ...)
 
 
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """What a serving process tells whoever started it, once it accepts connections."""
+
+    scheme: str
+    host: str
+    port: int
+    upstream: Upstream
+
+
 def describe_upstream(config: Config, mock_url: str | None, mock_reason: str | None) -> Upstream:
     if mock_url is not None:
         return Upstream(f"the built-in mock at {mock_url}", mock_url, mock_reason)
@@ -127,3 +139,13 @@ def mock_banner(host: str, port: int, upstream: Upstream) -> str:
         '      -d \'{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}\'\n'
         "  Point it at a real provider with --provider openai (and OPENAI_API_KEY) or --config FILE.\n"
     )
+
+
+def announce(listening: Listening, processes: str | None = None) -> None:
+    """The banner (mock only, on stderr) and the one listening line (stdout)."""
+    upstream = listening.upstream
+    if upstream.mock_url is not None:
+        print(mock_banner(listening.host, listening.port, upstream), file=sys.stderr, flush=True)
+    processes = processes or f"pid {os.getpid()}"
+    line = listening_line(listening.scheme, listening.host, listening.port, upstream, processes)
+    print(line, flush=True)

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Mapping
 from types import FrameType
+from typing import Any, Protocol
 
 import uvloop
 
@@ -26,12 +27,33 @@ from api_router import logs
 from api_router.config import Config
 from api_router.startup import (
     EXIT_STARTUP,
+    Listening,
     StartupError,
+    announce,
     check_upstream_ca,
     describe_upstream,
     reserve,
     server_tls,
 )
+
+
+class Serve(Protocol):
+    """``server.serve``, given by the caller (cli): the supervisor runs it in each worker and
+    imports no server code itself, so server → supervisor is not a circle."""
+
+    def __call__(
+        self,
+        config: Config,
+        *,
+        mock_reason: str | None,
+        on_ready: Callable[[Listening], None],
+        reload: Callable[[], Config] | None = None,
+        watch_path: str | None = None,
+        pinned: Mapping[str, Any] | None = None,
+        reuse_port: bool = False,
+        mock_url: str | None = None,
+    ) -> Coroutine[Any, Any, int]: ...
+
 
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _RESTART_BACKOFF_SECS = 0.5
@@ -48,6 +70,7 @@ def prepare_metrics_dir() -> str:
 def run(
     config: Config,
     *,
+    serve: Serve,
     mock_reason: str | None,
     workers: int,
     reload: Callable[[], Config] | None,
@@ -71,7 +94,9 @@ def run(
         config = config.with_overrides(pinned)
         # A worker must not hold the mock's stdin open: the mock stops when the supervisor's end closes.
         not_for_workers = [reservation.close, *([mock.stdin.close] if mock and mock.stdin else [])]
-        return _supervise(config, workers, not_for_workers, mock_reason, mock_url, reload, watch_path, pinned)
+        return _supervise(
+            config, serve, workers, not_for_workers, mock_reason, mock_url, reload, watch_path, pinned
+        )
     finally:
         if reservation is not None:
             reservation.close()
@@ -87,6 +112,7 @@ def run(
 
 def _supervise(
     config: Config,
+    serve: Serve,
     workers: int,
     not_for_workers: list[Callable[[], None]],
     mock_reason: str | None,
@@ -95,8 +121,6 @@ def _supervise(
     watch_path: str | None,
     pinned: dict[str, object],
 ) -> int:
-    from api_router.server import serve  # noqa: PLC0415 - server imports prometheus_client
-
     def start_worker(ready_fd: int | None) -> int:
         pid = os.fork()
         if pid == 0:
@@ -157,8 +181,6 @@ def _supervise(
         if failure is not None and not stopping:
             raise StartupError(failure)
         return 0
-    from api_router.server import Listening, announce  # noqa: PLC0415
-
     scheme = "https" if config.tls is not None else "http"
     upstream = describe_upstream(config, mock_url, mock_reason)
     pids = ", ".join(str(pid) for pid in sorted(children))
