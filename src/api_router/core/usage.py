@@ -1,0 +1,222 @@
+"""Token usage, read from what the upstream itself answered. Pure: no I/O, no clock.
+
+The one place that reads usage (issue 11). Limits, budgets and the ledger take a ``Usage``
+from here; nothing else parses an answer for tokens.
+
+Rule 1. Usage is what the provider reported, in any of its shapes: OpenAI chat/completions
+        and completions (``prompt_tokens``, ``completion_tokens``, their ``*_details``),
+        embeddings (``prompt_tokens`` only), Anthropic messages (``input_tokens``,
+        ``output_tokens``, ``cache_read_input_tokens``, ``cache_creation_input_tokens``) and the
+        Responses API (``input_tokens``, ``output_tokens``, their ``*_details``).
+Rule 2. ``input`` counts every input token, cached ones included (OpenAI's ``prompt_tokens``
+        does; Anthropic's ``input_tokens`` does not, so its cache reads and writes are added);
+        ``cached_input`` is the part of it read from the provider's cache. ``output`` includes
+        ``reasoning`` (as OpenAI counts it).
+Rule 3. Streams are read as they are forwarded, cheaply: one byte search for ``"usage"`` per
+        read, and the usage *object* alone is parsed (orjson), only when the key is followed by
+        ``{`` (OpenAI sends ``"usage":null`` in every chunk once usage is asked for). A later
+        object's fields override an earlier one's (Anthropic's ``message_delta`` output over
+        ``message_start``'s placeholder; its input stays). An object split across reads is
+        completed from the next read: what is carried is bounded (``MAX_USAGE_BYTES``).
+Rule 4. A stream that did not end cleanly, or ended without reporting usage, is ``estimated``:
+        input as reported if it was (``message_start``), output the larger of what was reported
+        and the number of ``data:`` lines forwarded (about one token per content event).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+MARKER = b'"usage"'
+MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
+_MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
+_WHITESPACE = b" \t\r\n"
+_KEEP = len(MARKER) - 1  # a read may end with the first bytes of the marker
+
+
+class Usage(NamedTuple):
+    input: int
+    output: int
+    cached_input: int
+    reasoning: int
+    estimated: bool
+
+
+NO_USAGE = Usage(0, 0, 0, 0, True)
+
+
+class Price(NamedTuple):
+    """US dollars per million tokens; ``cached_input`` None: cached input costs as input."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+def cost_usd(usage: Usage, price: Price) -> float:
+    """What ``usage`` costs at ``price`` (Rule 2: cached input is billed at its own rate)."""
+    cached_rate = price.input if price.cached_input is None else price.cached_input
+    uncached = max(0, usage.input - usage.cached_input)
+    return (uncached * price.input + usage.cached_input * cached_rate + usage.output * price.output) / 1e6
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _detail(usage: dict[str, Any], key: str, field: str) -> int | None:
+    details = usage.get(key)
+    return _int(details.get(field)) if isinstance(details, dict) else None
+
+
+class UsageReader:
+    """Accumulates the usage objects found in one answer's bytes (Rules 3 and 4)."""
+
+    __slots__ = ("_carry", "cached_input", "events", "found", "input", "output", "reasoning")
+
+    def __init__(self) -> None:
+        self.input: int | None = None
+        self.output: int | None = None
+        self.cached_input: int | None = None
+        self.reasoning: int | None = None
+        self.found = False  # a usage object was read
+        self.events = 0  # ``data:`` lines seen: the estimate's basis
+        self._carry = b""  # the unfinished end of the previous read (Rule 3)
+
+    # -- reading ------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """One read of the answer, as forwarded. The usual read costs a count and a search."""
+        self.events += data.count(b"data:")
+        carry = self._carry
+        if carry:
+            self._carry = b""
+            # Only the first bytes can complete a marker begun in the carried tail: join the
+            # whole read only when they do, or when an unfinished object was carried.
+            if len(carry) > _KEEP or MARKER in carry + data[:_KEEP]:
+                self._scan(carry + data)
+                return
+            if len(data) < _KEEP:
+                data = carry + data  # reads shorter than the marker: keep enough of the tail
+        if data.find(MARKER) < 0:
+            if not data.endswith(b"\n\n"):
+                self._carry = data[-_KEEP:]  # the marker may straddle this read and the next
+            return
+        self._scan(data)
+
+    def feed_whole(self, body: bytes) -> None:
+        """A whole JSON answer (non-streamed)."""
+        self.feed(body)
+        self._carry = b""
+
+    def _scan(self, data: bytes) -> None:
+        at = data.find(MARKER)
+        while at >= 0:
+            value = _skip(data, at + len(MARKER))
+            if value >= len(data):
+                self._carry_from(data, at)  # the read ended after the key
+                return
+            if data[value] != 0x3A:  # ':' -- not a key: "usage" was a string value
+                at = data.find(MARKER, value)
+                continue
+            start = _skip(data, value + 1)
+            if start >= len(data):
+                self._carry_from(data, at)
+                return
+            if data[start] != 0x7B:  # '{' -- null (OpenAI's other chunks) or not usage
+                at = data.find(MARKER, start)
+                continue
+            end = self._object_end(data, start)
+            if end < 0:
+                self._carry_from(data, at)
+                return
+            at = data.find(MARKER, end)
+        if not data.endswith(b"\n\n"):
+            self._carry = data[-_KEEP:]
+
+    def _carry_from(self, data: bytes, at: int) -> None:
+        if len(data) - at <= MAX_USAGE_BYTES:
+            self._carry = data[at:]
+        # else: an object this long is not usage; drop it rather than hold it
+
+    def _object_end(self, data: bytes, start: int) -> int:
+        """Parse the object at ``start`` and take its fields; its end, or -1 if it is unfinished."""
+        limit = min(len(data), start + MAX_USAGE_BYTES)
+        close = data.find(b"}", start, limit)
+        for _ in range(_MAX_TRIES):
+            if close < 0:
+                return -1 if limit == len(data) else start + 1
+            try:
+                parsed = orjson.loads(data[start : close + 1])
+            except orjson.JSONDecodeError:
+                close = data.find(b"}", close + 1, limit)
+                continue
+            if isinstance(parsed, dict):
+                self.take(parsed)
+            return close + 1
+        return start + 1  # not a usage object we can read: step over it
+
+    def take(self, usage: dict[str, Any]) -> None:
+        """One usage object, in any provider's shape; present fields override earlier ones."""
+        found = False
+        prompt = _int(usage.get("prompt_tokens"))
+        if prompt is not None:  # OpenAI
+            self.input = prompt
+            found = True
+        completion = _int(usage.get("completion_tokens"))
+        if completion is not None:
+            self.output = completion
+            found = True
+        given = _int(usage.get("input_tokens"))
+        if given is not None:  # Anthropic and the Responses API
+            read = _int(usage.get("cache_read_input_tokens"))
+            written = _int(usage.get("cache_creation_input_tokens"))
+            self.input = given + (read or 0) + (written or 0)  # Anthropic's input excludes both
+            if read is not None:
+                self.cached_input = read
+            found = True
+        output = _int(usage.get("output_tokens"))
+        if output is not None:
+            self.output = output
+            found = True
+        cached = _detail(usage, "prompt_tokens_details", "cached_tokens")
+        if cached is None:
+            cached = _detail(usage, "input_tokens_details", "cached_tokens")
+        if cached is not None:
+            self.cached_input = cached
+        reasoning = _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        if reasoning is None:
+            reasoning = _detail(usage, "output_tokens_details", "reasoning_tokens")
+        if reasoning is not None:
+            self.reasoning = reasoning
+        self.found = self.found or found
+
+    # -- the answer ---------------------------------------------------------------------
+    def usage(self, complete: bool) -> Usage:
+        """The usage of the answer so far; ``complete``: it ended cleanly (Rule 4)."""
+        output = self.output or 0
+        estimated = not (complete and self.found)
+        if estimated:
+            output = max(output, self.events)
+        return Usage(self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
+
+    def __repr__(self) -> str:
+        return (
+            f"<UsageReader found={self.found} input={self.input} output={self.output} "
+            f"cached={self.cached_input} reasoning={self.reasoning} events={self.events} "
+            f"carry={len(self._carry)}>"
+        )
+
+
+def _skip(data: bytes, at: int) -> int:
+    while at < len(data) and data[at] in _WHITESPACE:
+        at += 1
+    return at
+
+
+def read_json(body: bytes) -> Usage | None:
+    """The usage of a whole JSON answer; None if it reports none."""
+    reader = UsageReader()
+    reader.feed_whole(body)
+    return reader.usage(True) if reader.found else None
