@@ -62,6 +62,31 @@ def cost_usd(usage: Usage, price: Price) -> float:
     return (uncached * price.input + usage.cached_input * cached_rate + usage.output * price.output) / 1e6
 
 
+class PriceTable:
+    """Prices by model name: the exact name, else the longest table key it extends with ``-``
+    (``gpt-4o-2024-08-06`` is priced as ``gpt-4o``, ``gpt-4o-mini-…`` as ``gpt-4o-mini``)."""
+
+    __slots__ = ("_longest_first", "_prices")
+
+    def __init__(self, prices: dict[str, Price]) -> None:
+        self._prices = dict(prices)
+        self._longest_first = sorted(prices, key=len, reverse=True)
+
+    def __contains__(self, model: str) -> bool:
+        return model in self._prices
+
+    def price(self, model: str | None) -> Price | None:
+        if model is None:
+            return None
+        found = self._prices.get(model)
+        if found is not None:
+            return found
+        for name in self._longest_first:
+            if model.startswith(name) and model[len(name) : len(name) + 1] == "-":
+                return self._prices[name]
+        return None
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 

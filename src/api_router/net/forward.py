@@ -24,6 +24,8 @@ from api_router.core.http import (
     response_head,
 )
 from api_router.core.stream import Ending, Phase, StreamState
+from api_router.core.usage import Usage, UsageReader
+from api_router.core.usage_filter import UsageChunkFilter
 from api_router.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -82,19 +84,24 @@ class Forwarder:
         "_retried",
         "_reused",
         "_rewriter",
+        "_strip_usage",
         "_timer",
         "_tried",
         "_upstream_full",
+        "_usage_filter",
         "_x_cache",
         "app",
         "backend",
         "cache_key",
+        "client_name",
         "conn",
+        "cost_usd",
         "downstream",
         "group",
         "last_heartbeat",
         "last_read",
         "loop",
+        "model",
         "published_bytes",
         "published_heartbeats",
         "request_id",
@@ -107,6 +114,8 @@ class Forwarder:
         "target",
         "transport",
         "ttfb",
+        "usage",
+        "usage_reader",
     )
 
     def __init__(
@@ -126,6 +135,9 @@ class Forwarder:
         cache_key: str | None = None,
         x_cache: bytes | None = None,
         client_key: str | None = None,
+        client_name: str = "anonymous",
+        model: str | None = None,
+        strip_usage: bool = False,
     ) -> None:
         self.app = app
         self.loop = app.loop
@@ -171,6 +183,13 @@ class Forwarder:
         self._capture: bytearray | None = None  # a cacheable response's body while it streams
         self._headers_out: HeaderList = []
         self._out: list[bytes] = []  # what the current upstream read produced, written at its end
+        self.client_name = client_name  # who is calling (core/access.py), for accounting
+        self.model = model  # the model the client asked for (before modelMapping)
+        self._strip_usage = strip_usage  # the router asked for the usage chunk (streamUsage force)
+        self.usage_reader: UsageReader | None = None  # set for a 2xx answer (core/usage.py)
+        self._usage_filter: UsageChunkFilter | None = None
+        self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
+        self.cost_usd: float | None = None  # its price (App.account), None: no price known
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
@@ -398,6 +417,10 @@ class Forwarder:
             if self.cache_key is not None and status == 200 and not is_sse:
                 self._capture = bytearray()
                 self._headers_out = out
+        if status < 300:
+            reader = self.usage_reader = UsageReader()
+            if is_sse and self._strip_usage:
+                self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
         if is_sse:
             if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
@@ -421,6 +444,27 @@ class Forwarder:
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
+        strip = self._usage_filter
+        if strip is not None:
+            self._filtered_body(strip.feed(data))
+            return
+        reader = self.usage_reader
+        if reader is not None:
+            reader.feed(data)  # core/usage.py: a count and a byte search per read
+        self._forward(data)
+
+    def _filtered_body(self, data: bytes) -> None:
+        """What the usage-chunk filter let through (core/usage_filter.py): nothing, or whole events."""
+        if not data:
+            return  # held or removed: an empty chunk would end the body
+        size = self.route.buffer_size
+        if len(data) <= size:
+            self._forward(data)
+            return
+        for at in range(0, len(data), size):  # a released tail: no write above bufferSize
+            self._forward(data[at : at + size])
+
+    def _forward(self, data: bytes) -> None:
         self.state.data(data)
         if self._capture is not None:
             self._capture += data
@@ -561,6 +605,12 @@ class Forwarder:
         elif ending.close_downstream:
             self.downstream.abort()
         else:
+            strip = self._usage_filter
+            if strip is not None and ending.reason == "completed":
+                held = strip.finish()  # an unfinished last event: forwarded as it came
+                if held:
+                    self.state.data(held)
+                    self.upstream_body_write(held)
             if ending.trailer:
                 self.upstream_body_write(ending.trailer)
             if self._framing is Framing.CHUNKED:
@@ -588,9 +638,18 @@ class Forwarder:
         capture = self._capture
         if capture is not None and ending.reason == "completed" and self.cache_key is not None:
             self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
+        reader = self.usage_reader
+        if reader is not None:
+            self.usage = reader.usage(ending.reason == "completed")
         self.app.metrics.exchange_finished(self, ending.reason)
+        self.app.account(self, ending.reason)
         self.app.access_log(self, ending.reason)
         self.downstream.exchange_finished(self, keep_alive)
+
+    @property
+    def backend_name(self) -> str | None:
+        """The backend that answered (the last one tried), for the access line."""
+        return self._tried[-1] if self._tried else None
 
     def __repr__(self) -> str:
         return (
