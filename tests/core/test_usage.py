@@ -311,3 +311,64 @@ def test_cost() -> None:
     usage = Usage(input=1_000_000, output=500_000, cached_input=200_000, reasoning=0, estimated=False)
     assert cost_usd(usage, Price(2.5, 10.0, 1.25)) == pytest.approx(0.8 * 2.5 + 0.2 * 1.25 + 0.5 * 10)
     assert cost_usd(usage, Price(2.5, 10.0)) == pytest.approx(2.5 + 5)  # no cached rate: as input
+
+
+# -- read by read, as the Forwarder does: the raw read decides, pieces are scanned only then ----
+class _Pieces:
+    """httptools' body pieces of one read (what the Forwarder's upstream_body gets)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+
+    def on_body(self, body: bytes) -> None:
+        self.pieces.append(bytes(body))
+
+
+def _chunked(events: list[bytes]) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%b\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+def _read_as_forwarded(raw: bytes, cuts: list[int]) -> tuple[Usage, int]:
+    import httptools  # noqa: PLC0415  (the test plays the I/O layer)
+
+    reader = UsageReader()
+    sink = _Pieces()
+    parser = httptools.HttpResponseParser(sink)
+    scanned = 0
+    for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        buffer = bytearray(raw[a:b]) + bytearray(16)  # a shared buffer is longer than the read
+        scan = reader.read(buffer, b - a)
+        sink.pieces = []
+        parser.feed_data(raw[a:b])
+        if scan:
+            scanned += len(sink.pieces)
+            for piece in sink.pieces:
+                reader.piece(piece)
+    return reader.usage(True), scanned
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_read_by_read_only_reads_with_usage_are_scanned(name: str) -> None:
+    events = openai_stream(30) if name == "openai" else anthropic_stream(30)
+    raw = _chunked(events)
+    expected = STREAMS[name][1]._replace(output=30 if name == "openai" else 15)
+    expected = expected._replace(input=19 if name == "openai" else 600)
+    body_at = raw.index(b"\r\n\r\n") + 4
+    sizes = [len(b"%x\r\n%b\r\n" % (len(e), e)) for e in events]
+    cuts = [body_at + sum(sizes[: i + 1]) for i in range(len(events))]
+    usage, scanned = _read_as_forwarded(raw, cuts)
+    assert usage == expected
+    usage_events = sum(1 for e in events if b'"usage":{' in e)
+    assert scanned <= usage_events + 1  # the reads with "usage" (and the last, "0\r\n\r\n")
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_read_by_read_split_at_every_offset(name: str) -> None:
+    events = openai_stream(3) if name == "openai" else anthropic_stream(3)
+    raw = _chunked(events)
+    expected, _ = _read_as_forwarded(raw, [])
+    assert not expected.estimated
+    for cut in range(1, len(raw)):
+        assert _read_as_forwarded(raw, [cut])[0] == expected, cut
+        assert _read_as_forwarded(raw, [cut, min(len(raw), cut + 7)])[0] == expected, cut

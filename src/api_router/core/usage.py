@@ -12,12 +12,16 @@ Rule 2. ``input`` counts every input token, cached ones included (OpenAI's ``pro
         does; Anthropic's ``input_tokens`` does not, so its cache reads and writes are added);
         ``cached_input`` is the part of it read from the provider's cache. ``output`` includes
         ``reasoning`` (as OpenAI counts it).
-Rule 3. Streams are read as they are forwarded, cheaply: one byte search for ``"usage"`` per
-        read, and the usage *object* alone is parsed (orjson), only when the key is followed by
-        ``{`` (OpenAI sends ``"usage":null`` in every chunk once usage is asked for). A later
-        object's fields override an earlier one's (Anthropic's ``message_delta`` output over
-        ``message_start``'s placeholder; its input stays). An object split across reads is
-        completed from the next read: what is carried is bounded (``MAX_USAGE_BYTES``).
+Rule 3. Streams are read as they are forwarded, cheaply. Each upstream read, whole and
+        framing included, gets one count of ``data:`` and one byte search for ``"usage"``
+        (``read``): a read without the key that ends an event needs nothing more, so the body
+        pieces it carries (one per event) are not looked at. Only the pieces of other reads
+        are scanned (``piece``), and the usage *object* alone is parsed (orjson), only when
+        the key is followed by ``{`` (OpenAI sends ``"usage":null`` in every chunk once usage
+        is asked for). A later object's fields override an earlier one's (Anthropic's
+        ``message_delta`` output over ``message_start``'s placeholder; its input stays). An
+        object split across reads is completed from the next read: what is carried is bounded
+        (``MAX_USAGE_BYTES``).
 Rule 4. A stream that did not end cleanly, or ended without reporting usage, is ``estimated``:
         input as reported if it was (``message_start``), output the larger of what was reported
         and the number of ``data:`` lines forwarded (about one token per content event).
@@ -33,6 +37,7 @@ MARKER = b'"usage"'
 MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
 _MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
 _WHITESPACE = b" \t\r\n"
+_SEPARATORS = b" \t\r\n:"
 _KEEP = len(MARKER) - 1  # a read may end with the first bytes of the marker
 
 
@@ -99,7 +104,7 @@ def _detail(usage: dict[str, Any], key: str, field: str) -> int | None:
 class UsageReader:
     """Accumulates the usage objects found in one answer's bytes (Rules 3 and 4)."""
 
-    __slots__ = ("_carry", "cached_input", "events", "found", "input", "output", "reasoning")
+    __slots__ = ("_carry", "_unfinished", "cached_input", "events", "found", "input", "output", "reasoning")
 
     def __init__(self) -> None:
         self.input: int | None = None
@@ -108,12 +113,26 @@ class UsageReader:
         self.reasoning: int | None = None
         self.found = False  # a usage object was read
         self.events = 0  # ``data:`` lines seen: the estimate's basis
-        self._carry = b""  # the unfinished end of the previous read (Rule 3)
+        self._carry = b""  # the unfinished end of the previous piece (Rule 3)
+        self._unfinished = False  # the last read did not end an event
 
     # -- reading ------------------------------------------------------------------------
+    def read(self, buffer: bytes | bytearray, end: int) -> bool:
+        """One upstream read, ``buffer[:end]`` as it came (chunk framing and all): whether its
+        body pieces must go to ``piece``. The usual read costs a count, a search, two ends."""
+        self.events += buffer.count(b"data:", 0, end)
+        scan = self._unfinished or _has_usage_object(buffer, end)
+        # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
+        self._unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
+        return scan or self._unfinished
+
     def feed(self, data: bytes) -> None:
-        """One read of the answer, as forwarded. The usual read costs a count and a search."""
+        """A whole read that is also the body (no framing): ``read`` and ``piece`` in one."""
         self.events += data.count(b"data:")
+        self.piece(data)
+
+    def piece(self, data: bytes) -> None:
+        """A body piece of a read that ``read`` said to scan."""
         carry = self._carry
         if carry:
             self._carry = b""
@@ -232,6 +251,20 @@ class UsageReader:
             f"cached={self.cached_input} reasoning={self.reasoning} events={self.events} "
             f"carry={len(self._carry)}>"
         )
+
+
+def _has_usage_object(buffer: bytes | bytearray, end: int) -> bool:
+    """Does ``buffer[:end]`` name ``"usage"`` with anything but ``null`` after it? (Rule 3:
+    OpenAI's ``"usage":null`` on every chunk must not make every read a scanned one.)"""
+    at = buffer.find(MARKER, 0, end)
+    while at >= 0:
+        at += len(MARKER)
+        while at < end and buffer[at] in _SEPARATORS:
+            at += 1
+        if at >= end or buffer[at] != 0x6E:  # 'n': null; anything else, or the read's end, may be usage
+            return True
+        at = buffer.find(MARKER, at, end)
+    return False
 
 
 def _skip(data: bytes, at: int) -> int:

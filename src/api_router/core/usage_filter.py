@@ -12,8 +12,9 @@ Rule 2. An event split across reads is held until it ends (the tail after the re
         usage chunk and goes out at once. Held bytes were not sent, so the heartbeat rule
         (core/stream.py, rule 2) sees the client at a boundary and a heartbeat placed there
         comes before the held event, never inside it.
-Rule 3. Every read is also fed to the ``UsageReader``, which reads the usage before the event
-        is removed. Reads that end an event (nearly all) cost one ``endswith`` here.
+Rule 3. Only the pieces of reads the ``UsageReader`` said to scan come here (a read that
+        ends an event and has no ``"usage"`` holds nothing to remove or hold); each is also
+        given to the reader, which reads the usage before its event is removed.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class UsageChunkFilter:
             return data
         reader = self.reader
         found = reader.found
-        reader.feed(data)
+        reader.piece(data)
         if reader.found and not found and not self.removed:
             data = self._remove(data)
         return data

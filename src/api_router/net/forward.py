@@ -35,7 +35,7 @@ from api_router.errors import (
     from_os_error,
 )
 from api_router.net.tasks import spawn
-from api_router.routing import Route, Target
+from api_router.routing import Route, RouteKind, Target
 
 if TYPE_CHECKING:
     from api_router.app import App
@@ -84,6 +84,7 @@ class Forwarder:
         "_retried",
         "_reused",
         "_rewriter",
+        "_scan_pieces",
         "_strip_usage",
         "_timer",
         "_tried",
@@ -186,7 +187,11 @@ class Forwarder:
         self.client_name = client_name  # who is calling (core/access.py), for accounting
         self.model = model  # the model the client asked for (before modelMapping)
         self._strip_usage = strip_usage  # the router asked for the usage chunk (streamUsage force)
-        self.usage_reader: UsageReader | None = None  # set for a 2xx answer (core/usage.py)
+        # core/usage.py reads usage on model routes; dropped at the head unless the answer is 2xx
+        self.usage_reader: UsageReader | None = (
+            UsageReader() if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART else None
+        )
+        self._scan_pieces = True  # this read's body pieces go to the reader (UsageReader.read)
         self._usage_filter: UsageChunkFilter | None = None
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
@@ -417,9 +422,11 @@ class Forwarder:
             if self.cache_key is not None and status == 200 and not is_sse:
                 self._capture = bytearray()
                 self._headers_out = out
-        if status < 300:
-            reader = self.usage_reader = UsageReader()
-            if is_sse and self._strip_usage:
+        reader = self.usage_reader
+        if reader is not None:
+            if status >= 300:
+                self.usage_reader = None  # an error or a redirect reports no usage
+            elif is_sse and self._strip_usage:
                 self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
         if is_sse:
             if not cache_control:
@@ -442,15 +449,21 @@ class Forwarder:
             if timer is None or timer.when() > now + self.route.heartbeat_interval:
                 self._arm(now + self.route.heartbeat_interval)
 
-    def upstream_body(self, data: bytes) -> None:
-        """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
-        strip = self._usage_filter
-        if strip is not None:
-            self._filtered_body(strip.feed(data))
-            return
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None:
+        """A whole upstream read, before it is parsed: usage is looked for once per read."""
         reader = self.usage_reader
         if reader is not None:
-            reader.feed(data)  # core/usage.py: a count and a byte search per read
+            self._scan_pieces = reader.read(buffer, nbytes)
+
+    def upstream_body(self, data: bytes) -> None:
+        """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
+        reader = self.usage_reader
+        if reader is not None and self._scan_pieces:  # else nothing in this read concerns usage
+            strip = self._usage_filter
+            if strip is not None:
+                self._filtered_body(strip.feed(data))
+                return
+            reader.piece(data)
         self._forward(data)
 
     def _filtered_body(self, data: bytes) -> None:
