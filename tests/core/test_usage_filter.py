@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from api_router.core.sse import SseBoundaryTracker
 from api_router.core.usage import Usage, UsageReader
 from api_router.core.usage_filter import UsageChunkFilter
-from tests.core.test_usage import openai_stream
+from tests.core.test_usage import _chunked, _Pieces, openai_stream
 
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EVENTS = openai_stream(4)
@@ -20,7 +20,7 @@ WITHOUT = STREAM.replace(USAGE_EVENT, b"")
 def _run(pieces: list[bytes], limit: int = 8192) -> tuple[list[bytes], Usage]:
     reader = UsageReader()
     strip = UsageChunkFilter(reader, limit)
-    out = [strip.feed(piece) for piece in pieces]
+    out = [strip.feed(piece, True) for piece in pieces]
     out.append(strip.finish())
     return out, reader.usage(True)
 
@@ -83,9 +83,9 @@ def test_a_held_tail_is_bounded() -> None:
     reader = UsageReader()
     strip = UsageChunkFilter(reader, 64)
     long_partial = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,' + b'"x":1' * 20
-    assert strip.feed(long_partial) == long_partial  # too long to be the usage chunk: sent at once
+    assert strip.feed(long_partial, True) == long_partial  # too long to be the usage chunk: sent at once
     assert "held=0" in repr(strip)
-    assert strip.feed(b'}\n\ndata: {"id":"c') == b"}\n\n"
+    assert strip.feed(b'}\n\ndata: {"id":"c', True) == b"}\n\n"
     assert "held=14" in repr(strip)
 
 
@@ -93,10 +93,39 @@ def test_a_split_content_chunk_is_not_held() -> None:
     reader = UsageReader()
     strip = UsageChunkFilter(reader, 8192)
     partial = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"he'
-    assert strip.feed(partial) == partial
-    assert strip.feed(b'llo"}}]}\n\n') == b'llo"}}]}\n\n'
+    assert strip.feed(partial, True) == partial
+    assert strip.feed(b'llo"}}]}\n\n', True) == b'llo"}}]}\n\n'
 
 
 def test_an_unfinished_last_event_goes_out_at_the_end() -> None:
     out, _ = _run([b'data: {"a":1}\n\ndata: [DO'])
     assert out == [b'data: {"a":1}\n\n', b"data: [DO"]
+
+
+def _as_forwarded(raw: bytes, cuts: list[int]) -> tuple[bytes, Usage]:
+    """The Forwarder's conversation: each raw read decides (read_mode), then its pieces."""
+    import httptools  # noqa: PLC0415  (the test plays the I/O layer)
+
+    from api_router.core.usage_filter import NOTHING, SCAN, read_mode  # noqa: PLC0415
+
+    reader = UsageReader()
+    strip = UsageChunkFilter(reader, 8192)
+    sink = _Pieces()
+    parser = httptools.HttpResponseParser(sink)
+    sent = b""
+    for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        mode = read_mode(reader, strip, reader.read(bytearray(raw[a:b]) + bytearray(8), b - a))
+        sink.pieces = []
+        parser.feed_data(raw[a:b])
+        for piece in sink.pieces:
+            sent += piece if mode == NOTHING else strip.feed(piece, mode == SCAN)
+        assert _may_stop_mid_event(sent), (cuts, sent[-80:])
+    return sent + strip.finish(), reader.usage(True)
+
+
+def test_as_forwarded_split_at_every_offset() -> None:
+    raw = _chunked(EVENTS)
+    assert _as_forwarded(raw, []) == (WITHOUT, Usage(19, 4, 0, 0, False))
+    for cut in range(1, len(raw)):
+        assert _as_forwarded(raw, [cut]) == (WITHOUT, Usage(19, 4, 0, 0, False)), cut
+        assert _as_forwarded(raw, [cut, min(len(raw), cut + 9)]) == (WITHOUT, Usage(19, 4, 0, 0, False)), cut

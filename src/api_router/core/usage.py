@@ -104,7 +104,17 @@ def _detail(usage: dict[str, Any], key: str, field: str) -> int | None:
 class UsageReader:
     """Accumulates the usage objects found in one answer's bytes (Rules 3 and 4)."""
 
-    __slots__ = ("_carry", "_unfinished", "cached_input", "events", "found", "input", "output", "reasoning")
+    __slots__ = (
+        "_carry",
+        "_tail",
+        "cached_input",
+        "events",
+        "found",
+        "input",
+        "output",
+        "reasoning",
+        "unfinished",
+    )
 
     def __init__(self) -> None:
         self.input: int | None = None
@@ -114,17 +124,25 @@ class UsageReader:
         self.found = False  # a usage object was read
         self.events = 0  # ``data:`` lines seen: the estimate's basis
         self._carry = b""  # the unfinished end of the previous piece (Rule 3)
-        self._unfinished = False  # the last read did not end an event
+        self.unfinished = False  # the last read did not end an event
+        self._tail = b""  # then, its last bytes (they may begin the marker)
 
     # -- reading ------------------------------------------------------------------------
     def read(self, buffer: bytes | bytearray, end: int) -> bool:
         """One upstream read, ``buffer[:end]`` as it came (chunk framing and all): whether its
         body pieces must go to ``piece``. The usual read costs a count, a search, two ends."""
         self.events += buffer.count(b"data:", 0, end)
-        scan = self._unfinished or _has_usage_object(buffer, end)
+        scan = bool(self._carry) or _has_usage_object(buffer, end)
+        if self.unfinished and not self._carry:  # the marker may straddle the last read and this one
+            tail = self._tail
+            if MARKER in tail + buffer[:_KEEP]:
+                self._carry = tail  # what the pieces of the last read would have carried
+                scan = True
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
-        self._unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
-        return scan or self._unfinished
+        self.unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
+        if self.unfinished:
+            self._tail = bytes(buffer[max(0, end - _KEEP) : end])
+        return scan
 
     def feed(self, data: bytes) -> None:
         """A whole read that is also the body (no framing): ``read`` and ``piece`` in one."""

@@ -12,9 +12,11 @@ Rule 2. An event split across reads is held until it ends (the tail after the re
         usage chunk and goes out at once. Held bytes were not sent, so the heartbeat rule
         (core/stream.py, rule 2) sees the client at a boundary and a heartbeat placed there
         comes before the held event, never inside it.
-Rule 3. Only the pieces of reads the ``UsageReader`` said to scan come here (a read that
-        ends an event and has no ``"usage"`` holds nothing to remove or hold); each is also
-        given to the reader, which reads the usage before its event is removed.
+Rule 3. Pieces come here only from reads that may need it: reads the ``UsageReader`` said to
+        scan (each piece also goes to the reader, which reads the usage before its event is
+        removed), reads that did not end an event (their last piece may be held) and reads
+        after one that left something held. A read that ends an event and names no usage
+        object (nearly all) does not come here at all.
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ from api_router.core.usage import UsageReader
 
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
+
+
+NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
+
+
+def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, scan: bool) -> int:
+    """For one upstream read, after ``reader.read`` said ``scan``: SCAN its pieces (reader and
+    filter), only let the filter HOLD the last one's unfinished event, or do NOTHING."""
+    if scan or (strip is not None and strip.holding):  # a held tail is read with the next read
+        return SCAN
+    return HOLD if strip is not None and reader.unfinished else NOTHING
 
 
 class UsageChunkFilter:
@@ -34,8 +47,13 @@ class UsageChunkFilter:
         self._held = b""
         self.removed = False  # the usage chunk was taken out (there is one per stream)
 
-    def feed(self, data: bytes) -> bytes:
-        """One upstream read; returns the bytes to forward (possibly none)."""
+    @property
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def feed(self, data: bytes, scan: bool) -> bytes:
+        """One body piece; returns the bytes to forward (possibly none). ``scan``: its read may
+        carry usage (``UsageReader.read``), so the piece goes to the reader too."""
         held = self._held
         if held:
             self._held = b""
@@ -47,7 +65,7 @@ class UsageChunkFilter:
             if len(data) - cut <= self._limit and data.find(_CONTENT, cut) < 0:
                 self._held = data[cut:]
                 data = data[:cut]
-        if not data:
+        if not data or not scan:
             return data
         reader = self.reader
         found = reader.found

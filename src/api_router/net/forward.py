@@ -25,7 +25,7 @@ from api_router.core.http import (
 )
 from api_router.core.stream import Ending, Phase, StreamState
 from api_router.core.usage import Usage, UsageReader
-from api_router.core.usage_filter import UsageChunkFilter
+from api_router.core.usage_filter import SCAN, UsageChunkFilter, read_mode
 from api_router.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -191,7 +191,8 @@ class Forwarder:
         self.usage_reader: UsageReader | None = (
             UsageReader() if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART else None
         )
-        self._scan_pieces = True  # this read's body pieces go to the reader (UsageReader.read)
+        # What this read's body pieces need (core/usage_filter.read_mode), SCAN until a read says
+        self._scan_pieces = SCAN
         self._usage_filter: UsageChunkFilter | None = None
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
@@ -453,17 +454,19 @@ class Forwarder:
         """A whole upstream read, before it is parsed: usage is looked for once per read."""
         reader = self.usage_reader
         if reader is not None:
-            self._scan_pieces = reader.read(buffer, nbytes)
+            self._scan_pieces = read_mode(reader, self._usage_filter, reader.read(buffer, nbytes))
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
-        reader = self.usage_reader
-        if reader is not None and self._scan_pieces:  # else nothing in this read concerns usage
-            strip = self._usage_filter
-            if strip is not None:
-                self._filtered_body(strip.feed(data))
-                return
-            reader.piece(data)
+        mode = self._scan_pieces
+        if mode:  # else nothing in this read concerns usage (the usual read)
+            reader = self.usage_reader
+            if reader is not None:
+                strip = self._usage_filter
+                if strip is not None:
+                    self._filtered_body(strip.feed(data, mode == SCAN))
+                    return
+                reader.piece(data)
         self._forward(data)
 
     def _filtered_body(self, data: bytes) -> None:
