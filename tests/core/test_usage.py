@@ -294,17 +294,17 @@ def test_usage_seen_but_the_stream_broke_is_estimated() -> None:
 def test_an_oversized_object_after_the_key_is_not_held() -> None:
     reader = UsageReader()
     reader.feed(b'data: {"usage":{"note":"' + b"x" * (2 * MAX_USAGE_BYTES))
-    assert "carry=6" in repr(reader)  # only what may begin a marker
+    assert "carry=0 tail=6" in repr(reader)  # only what may begin a marker
     reader.feed(b'"}}\n\n')
     assert not reader.found
 
 
-def test_reads_without_usage_carry_at_most_the_marker_length() -> None:
+def test_reads_without_usage_keep_at_most_the_marker_length() -> None:
     reader = UsageReader()
     reader.feed(b'data: {"choices":[{"delta":{"content":"abc')  # a read that ends mid-event
-    assert "carry=6" in repr(reader)
+    assert "carry=0 tail=6" in repr(reader)
     reader.feed(b'"}}]}\n\n')
-    assert "carry=0" in repr(reader)
+    assert "carry=0 tail=0" in repr(reader)
 
 
 def test_cost() -> None:
@@ -330,37 +330,27 @@ def _chunked(events: list[bytes]) -> bytes:
 
 
 def _read_as_forwarded(raw: bytes, cuts: list[int]) -> tuple[Usage, int]:
-    import httptools  # noqa: PLC0415  (the test plays the I/O layer)
-
+    """Raw reads, HTTP framing and all, as the Forwarder hands them over: (usage, reads that
+    held a usage object)."""
     reader = UsageReader()
-    sink = _Pieces()
-    parser = httptools.HttpResponseParser(sink)
-    scanned = 0
+    found = 0
     for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
         buffer = bytearray(raw[a:b]) + bytearray(16)  # a shared buffer is longer than the read
-        scan = reader.read(buffer, b - a)
-        sink.pieces = []
-        parser.feed_data(raw[a:b])
-        if scan:
-            scanned += len(sink.pieces)
-            for piece in sink.pieces:
-                reader.piece(piece)
-    return reader.usage(True), scanned
+        found += reader.read(buffer, b - a)
+    return reader.usage(True), found
 
 
 @pytest.mark.parametrize("name", ["openai", "anthropic"])
-def test_read_by_read_only_reads_with_usage_are_scanned(name: str) -> None:
+def test_read_by_read_only_reads_with_usage_are_looked_at(name: str) -> None:
     events = openai_stream(30) if name == "openai" else anthropic_stream(30)
     raw = _chunked(events)
-    expected = STREAMS[name][1]._replace(output=30 if name == "openai" else 15)
-    expected = expected._replace(input=19 if name == "openai" else 600)
+    expected = Usage(19, 30, 0, 0, False) if name == "openai" else Usage(600, 15, 128, 0, False)
     body_at = raw.index(b"\r\n\r\n") + 4
     sizes = [len(b"%x\r\n%b\r\n" % (len(e), e)) for e in events]
-    cuts = [body_at + sum(sizes[: i + 1]) for i in range(len(events))]
-    usage, scanned = _read_as_forwarded(raw, cuts)
+    cuts = [body_at + sum(sizes[: i + 1]) for i in range(len(events))]  # one read per event
+    usage, found = _read_as_forwarded(raw, cuts)
     assert usage == expected
-    usage_events = sum(1 for e in events if b'"usage":{' in e)
-    assert scanned <= usage_events + 1  # the reads with "usage" (and the last, "0\r\n\r\n")
+    assert found == sum(1 for e in events if b'"usage":{' in e)  # OpenAI's "usage":null does not count
 
 
 @pytest.mark.parametrize("name", ["openai", "anthropic"])
@@ -372,3 +362,17 @@ def test_read_by_read_split_at_every_offset(name: str) -> None:
     for cut in range(1, len(raw)):
         assert _read_as_forwarded(raw, [cut])[0] == expected, cut
         assert _read_as_forwarded(raw, [cut, min(len(raw), cut + 7)])[0] == expected, cut
+
+
+def test_read_by_read_one_byte_at_a_time() -> None:
+    raw = _chunked(openai_stream(2))
+    expected, _ = _read_as_forwarded(raw, [])
+    assert _read_as_forwarded(raw, list(range(1, len(raw))))[0] == expected
+
+
+def test_the_event_estimate_extrapolates_past_the_sample() -> None:
+    reader = UsageReader()
+    event = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+    for _ in range(2000):  # ~94 KB: counted in the first 8 KiB only
+        reader.feed(event)
+    assert reader.usage(complete=False).output == pytest.approx(2000, rel=0.02)

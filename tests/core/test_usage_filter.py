@@ -18,9 +18,13 @@ WITHOUT = STREAM.replace(USAGE_EVENT, b"")
 
 
 def _run(pieces: list[bytes], limit: int = 8192) -> tuple[list[bytes], Usage]:
+    """Every piece scanned (as if each read held usage), each also read by the reader."""
     reader = UsageReader()
-    strip = UsageChunkFilter(reader, limit)
-    out = [strip.feed(piece, True) for piece in pieces]
+    strip = UsageChunkFilter(limit)
+    out = []
+    for piece in pieces:
+        reader.feed(piece)
+        out.append(strip.feed(piece, True))
     out.append(strip.finish())
     return out, reader.usage(True)
 
@@ -80,8 +84,7 @@ def test_split_anywhere_a_heartbeat_between_writes_is_never_inside_the_held_even
 
 
 def test_a_held_tail_is_bounded() -> None:
-    reader = UsageReader()
-    strip = UsageChunkFilter(reader, 64)
+    strip = UsageChunkFilter(64)
     long_partial = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,' + b'"x":1' * 20
     assert strip.feed(long_partial, True) == long_partial  # too long to be the usage chunk: sent at once
     assert "held=0" in repr(strip)
@@ -90,8 +93,7 @@ def test_a_held_tail_is_bounded() -> None:
 
 
 def test_a_split_content_chunk_is_not_held() -> None:
-    reader = UsageReader()
-    strip = UsageChunkFilter(reader, 8192)
+    strip = UsageChunkFilter(8192)
     partial = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"he'
     assert strip.feed(partial, True) == partial
     assert strip.feed(b'llo"}}]}\n\n', True) == b'llo"}}]}\n\n'
@@ -109,7 +111,7 @@ def _as_forwarded(raw: bytes, cuts: list[int]) -> tuple[bytes, Usage]:
     from api_router.core.usage_filter import NOTHING, SCAN, read_mode  # noqa: PLC0415
 
     reader = UsageReader()
-    strip = UsageChunkFilter(reader, 8192)
+    strip: UsageChunkFilter | None = None  # made at the response head, as the Forwarder does
     sink = _Pieces()
     parser = httptools.HttpResponseParser(sink)
     sent = b""
@@ -117,9 +119,12 @@ def _as_forwarded(raw: bytes, cuts: list[int]) -> tuple[bytes, Usage]:
         mode = read_mode(reader, strip, reader.read(bytearray(raw[a:b]) + bytearray(8), b - a))
         sink.pieces = []
         parser.feed_data(raw[a:b])
+        if strip is None:
+            strip, mode = UsageChunkFilter(8192), SCAN  # the head was in this read
         for piece in sink.pieces:
             sent += piece if mode == NOTHING else strip.feed(piece, mode == SCAN)
         assert _may_stop_mid_event(sent), (cuts, sent[-80:])
+    assert strip is not None
     return sent + strip.finish(), reader.usage(True)
 
 

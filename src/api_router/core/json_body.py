@@ -119,6 +119,7 @@ def _value_end(raw: bytes, start: int) -> int:
 
 _INCLUDE_USAGE = b'"include_usage"'
 _ASKED = b'"stream_options":{"include_usage":true}'
+_ASKED_FIRST = b"{" + _ASKED + b","
 _STREAM_OPTIONS = b'"stream_options"'
 
 
@@ -131,10 +132,12 @@ def ask_for_usage(raw: bytes, body: dict[str, Any]) -> tuple[bytes, bool]:
         return raw, False  # the client asked: it gets the chunk
     if options is not None and not isinstance(options, dict):
         return raw, False
+    if "stream_options" not in body:  # the usual body: absent in any spelling, so insert it first
+        if raw[:1] == b"{":
+            return _ASKED_FIRST + raw[1:], True
+        at = raw.index(b"{") + 1  # the top-level object (orjson said so), after leading space
+        return raw[:at] + _ASKED + b"," + raw[at:], True
     if _is_plain(raw):
-        if options is None and _STREAM_OPTIONS not in raw:
-            at = raw.index(b"{") + 1  # the top-level object (orjson said so)
-            return raw[:at] + _ASKED + b"," + raw[at:], True
         spliced = _splice_options(raw)
         if spliced is not None:
             return spliced, True

@@ -13,18 +13,19 @@ Rule 2. ``input`` counts every input token, cached ones included (OpenAI's ``pro
         ``cached_input`` is the part of it read from the provider's cache. ``output`` includes
         ``reasoning`` (as OpenAI counts it).
 Rule 3. Streams are read as they are forwarded, cheaply. Each upstream read, whole and
-        framing included, gets one count of ``data:`` and one byte search for ``"usage"``
-        (``read``): a read without the key that ends an event needs nothing more, so the body
-        pieces it carries (one per event) are not looked at. Only the pieces of other reads
-        are scanned (``piece``), and the usage *object* alone is parsed (orjson), only when
-        the key is followed by ``{`` (OpenAI sends ``"usage":null`` in every chunk once usage
-        is asked for). A later object's fields override an earlier one's (Anthropic's
+        HTTP framing included, gets one byte search for ``"usage"`` (``read``), never one per
+        event; only a read whose key is followed by ``{`` (OpenAI sends ``"usage":null`` in
+        every chunk once usage is asked for) is looked at further, and the usage *object*
+        alone is parsed (orjson). An object cut by HTTP chunk framing (an upstream that split
+        that event across chunks) does not parse and is not counted: the answer then counts
+        as estimated. A later object's fields override an earlier one's (Anthropic's
         ``message_delta`` output over ``message_start``'s placeholder; its input stays). An
         object split across reads is completed from the next read: what is carried is bounded
         (``MAX_USAGE_BYTES``).
 Rule 4. A stream that did not end cleanly, or ended without reporting usage, is ``estimated``:
         input as reported if it was (``message_start``), output the larger of what was reported
-        and the number of ``data:`` lines forwarded (about one token per content event).
+        and the number of ``data:`` lines forwarded (about one token per content event; counted
+        in the first ``SAMPLE_BYTES``, then extrapolated from the bytes forwarded).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import orjson
 
 MARKER = b'"usage"'
 MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
+# ``data:`` lines are counted in the first bytes of an answer only, then extrapolated by bytes:
+# counting every read cost as much as the search for usage itself (a pass over every byte).
+SAMPLE_BYTES = 8192
 _MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
 _WHITESPACE = b" \t\r\n"
 _SEPARATORS = b" \t\r\n:"
@@ -106,6 +110,7 @@ class UsageReader:
 
     __slots__ = (
         "_carry",
+        "_sampled",
         "_tail",
         "cached_input",
         "events",
@@ -113,6 +118,7 @@ class UsageReader:
         "input",
         "output",
         "reasoning",
+        "total_bytes",
         "unfinished",
     )
 
@@ -122,50 +128,46 @@ class UsageReader:
         self.cached_input: int | None = None
         self.reasoning: int | None = None
         self.found = False  # a usage object was read
-        self.events = 0  # ``data:`` lines seen: the estimate's basis
-        self._carry = b""  # the unfinished end of the previous piece (Rule 3)
+        self.events = 0  # ``data:`` lines counted in the first SAMPLE_BYTES (Rule 4)
+        self._sampled = 0  # bytes they were counted in
+        self.total_bytes = 0  # bytes read in all
+        self._carry = b""  # an unfinished usage object at the end of the last read (Rule 3)
         self.unfinished = False  # the last read did not end an event
         self._tail = b""  # then, its last bytes (they may begin the marker)
 
     # -- reading ------------------------------------------------------------------------
     def read(self, buffer: bytes | bytearray, end: int) -> bool:
-        """One upstream read, ``buffer[:end]`` as it came (chunk framing and all): whether its
-        body pieces must go to ``piece``. The usual read costs a count, a search, two ends."""
-        self.events += buffer.count(b"data:", 0, end)
-        scan = bool(self._carry) or _has_usage_object(buffer, end)
-        if self.unfinished and not self._carry:  # the marker may straddle the last read and this one
-            tail = self._tail
-            if MARKER in tail + buffer[:_KEEP]:
-                self._carry = tail  # what the pieces of the last read would have carried
-                scan = True
-        # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
-        self.unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
-        if self.unfinished:
-            self._tail = bytes(buffer[max(0, end - _KEEP) : end])
-        return scan
-
-    def feed(self, data: bytes) -> None:
-        """A whole read that is also the body (no framing): ``read`` and ``piece`` in one."""
-        self.events += data.count(b"data:")
-        self.piece(data)
-
-    def piece(self, data: bytes) -> None:
-        """A body piece of a read that ``read`` said to scan."""
+        """One upstream read, ``buffer[:end]`` as it came (HTTP chunk framing and all); whether
+        it held a usage object. The usual read costs a search and one or two ``endswith``."""
+        if self._sampled < SAMPLE_BYTES:
+            self.events += buffer.count(b"data:", 0, end)
+            self._sampled += end
+        self.total_bytes += end
+        data: bytes | None = None
         carry = self._carry
         if carry:
             self._carry = b""
-            # Only the first bytes can complete a marker begun in the carried tail: join the
-            # whole read only when they do, or when an unfinished object was carried.
-            if len(carry) > _KEEP or MARKER in carry + data[:_KEEP]:
-                self._scan(carry + data)
-                return
-            if len(data) < _KEEP:
-                data = carry + data  # reads shorter than the marker: keep enough of the tail
-        if data.find(MARKER) < 0:
-            if not data.endswith(b"\n\n"):
-                self._carry = data[-_KEEP:]  # the marker may straddle this read and the next
-            return
+            data = carry + buffer[:end]
+        elif self.unfinished and MARKER in self._tail + buffer[:_KEEP]:
+            data = self._tail + buffer[:end]  # the marker straddles the last read and this one
+        elif _has_usage_object(buffer, end):
+            data = bytes(buffer[:end])
+        # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
+        unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
+        if unfinished:
+            tail = bytes(buffer[max(0, end - _KEEP) : end])
+            if len(tail) < _KEEP and self.unfinished:  # reads shorter than the marker
+                tail = (self._tail + tail)[-_KEEP:]
+            self._tail = tail
+        self.unfinished = unfinished
+        if data is None:
+            return False
         self._scan(data)
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """A read that is body only (no framing): tests, and whole answers."""
+        self.read(data, len(data))
 
     def feed_whole(self, body: bytes) -> None:
         """A whole JSON answer (non-streamed)."""
@@ -194,8 +196,6 @@ class UsageReader:
                 self._carry_from(data, at)
                 return
             at = data.find(MARKER, end)
-        if not data.endswith(b"\n\n"):
-            self._carry = data[-_KEEP:]
 
     def _carry_from(self, data: bytes, at: int) -> None:
         if len(data) - at <= MAX_USAGE_BYTES:
@@ -255,19 +255,25 @@ class UsageReader:
         self.found = self.found or found
 
     # -- the answer ---------------------------------------------------------------------
+    def estimated_events(self) -> int:
+        """``data:`` lines in the whole answer: counted in the sample, extrapolated by bytes."""
+        if self._sampled >= self.total_bytes or not self._sampled:
+            return self.events
+        return round(self.events * self.total_bytes / self._sampled)
+
     def usage(self, complete: bool) -> Usage:
         """The usage of the answer so far; ``complete``: it ended cleanly (Rule 4)."""
         output = self.output or 0
         estimated = not (complete and self.found)
         if estimated:
-            output = max(output, self.events)
+            output = max(output, self.estimated_events())
         return Usage(self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
 
     def __repr__(self) -> str:
         return (
             f"<UsageReader found={self.found} input={self.input} output={self.output} "
             f"cached={self.cached_input} reasoning={self.reasoning} events={self.events} "
-            f"carry={len(self._carry)}>"
+            f"carry={len(self._carry)} tail={len(self._tail) if self.unfinished else 0}>"
         )
 
 

@@ -5,44 +5,43 @@ accounting (core/json_body.py, rule 3). OpenAI then sends one extra event before
 ``data: [DONE]``: ``"choices":[]`` with ``"usage"``. Code written for streams without it reads
 ``chunk.choices[0]`` and breaks on that event, so it is taken out. Pure: no I/O, no clock.
 
-Rule 1. Only whole events are removed, so the client's stream stays well framed: what this
-        returns always ends where an upstream event ended.
+Rule 1. Only whole events are removed, so the client's stream stays well framed.
 Rule 2. An event split across reads is held until it ends (the tail after the read's last
-        ``\\n\\n``), at most ``limit`` bytes (the route's ``bufferSize``): a longer tail is no
-        usage chunk and goes out at once. Held bytes were not sent, so the heartbeat rule
-        (core/stream.py, rule 2) sees the client at a boundary and a heartbeat placed there
-        comes before the held event, never inside it.
-Rule 3. Pieces come here only from reads that may need it: reads the ``UsageReader`` said to
-        scan (each piece also goes to the reader, which reads the usage before its event is
-        removed), reads that did not end an event (their last piece may be held) and reads
-        after one that left something held. A read that ends an event and names no usage
-        object (nearly all) does not come here at all.
+        ``\\n\\n``) only while it may be the usage chunk: at most ``limit`` bytes (the route's
+        ``bufferSize``) and not yet showing ``"choices":[{`` (a content chunk, forwarded at
+        once as before). Held bytes were not sent, so the heartbeat rule (core/stream.py,
+        rule 2) sees the client at a boundary and a heartbeat placed there comes before the
+        held event, never inside it. Released with the next read, they may make one piece of
+        up to twice ``limit``: the Forwarder writes it in pieces of at most ``bufferSize``.
+Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in which the
+        ``UsageReader`` found a usage object (SCAN: the usage chunk is looked for and removed),
+        a read that did not end an event (HOLD: its last piece may be held) and the read after
+        one that left something held (SCAN). A read that ends an event and has no usage object
+        (nearly all) does not come here at all.
 """
 
 from __future__ import annotations
 
-from api_router.core.usage import UsageReader
+from api_router.core.usage import MARKER, UsageReader
 
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
-
-
 NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
 
 
-def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, scan: bool) -> int:
-    """For one upstream read, after ``reader.read`` said ``scan``: SCAN its pieces (reader and
-    filter), only let the filter HOLD the last one's unfinished event, or do NOTHING."""
-    if scan or (strip is not None and strip.holding):  # a held tail is read with the next read
+def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) -> int:
+    """For one upstream read, after ``reader.read`` said whether it ``found`` a usage object."""
+    if strip is None:
+        return NOTHING
+    if found or strip.holding:  # a held tail is looked at with the read that ends it
         return SCAN
-    return HOLD if strip is not None and reader.unfinished else NOTHING
+    return HOLD if reader.unfinished else NOTHING
 
 
 class UsageChunkFilter:
-    __slots__ = ("_held", "_limit", "reader", "removed")
+    __slots__ = ("_held", "_limit", "removed")
 
-    def __init__(self, reader: UsageReader, limit: int) -> None:
-        self.reader = reader
+    def __init__(self, limit: int) -> None:
         self._limit = limit
         self._held = b""
         self.removed = False  # the usage chunk was taken out (there is one per stream)
@@ -52,8 +51,7 @@ class UsageChunkFilter:
         return bool(self._held)
 
     def feed(self, data: bytes, scan: bool) -> bytes:
-        """One body piece; returns the bytes to forward (possibly none). ``scan``: its read may
-        carry usage (``UsageReader.read``), so the piece goes to the reader too."""
+        """One body piece; returns the bytes to forward (possibly none)."""
         held = self._held
         if held:
             self._held = b""
@@ -65,13 +63,8 @@ class UsageChunkFilter:
             if len(data) - cut <= self._limit and data.find(_CONTENT, cut) < 0:
                 self._held = data[cut:]
                 data = data[:cut]
-        if not data or not scan:
-            return data
-        reader = self.reader
-        found = reader.found
-        reader.piece(data)
-        if reader.found and not found and not self.removed:
-            data = self._remove(data)
+        if scan and data and not self.removed:
+            return self._remove(data)
         return data
 
     def _remove(self, data: bytes) -> bytes:
@@ -80,11 +73,13 @@ class UsageChunkFilter:
             if at >= 0:
                 start = data.rfind(b"\n\n", 0, at) + 2
                 if start == 1:
-                    # This read began inside the previous (content) event, so its end may
-                    # straddle the reads: the usage event starts at its own data line.
+                    # This piece began inside the previous (content) event, so its end may
+                    # straddle the pieces: the usage event starts at its own data line.
                     start = max(0, data.rfind(b"data:", 0, at))
                 end = data.find(b"\n\n", at)
                 end = len(data) if end < 0 else end + 2
+                if data.find(MARKER, start, end) < 0:
+                    return data  # an empty choice list without usage: not the usage chunk
                 self.removed = True
                 return data[:start] + data[end:]
         return data

@@ -25,7 +25,7 @@ from api_router.core.http import (
 )
 from api_router.core.stream import Ending, Phase, StreamState
 from api_router.core.usage import Usage, UsageReader
-from api_router.core.usage_filter import SCAN, UsageChunkFilter, read_mode
+from api_router.core.usage_filter import NOTHING, SCAN, UsageChunkFilter, read_mode
 from api_router.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -191,8 +191,8 @@ class Forwarder:
         self.usage_reader: UsageReader | None = (
             UsageReader() if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART else None
         )
-        # What this read's body pieces need (core/usage_filter.read_mode), SCAN until a read says
-        self._scan_pieces = SCAN
+        # What this read's body pieces need (core/usage_filter.read_mode)
+        self._scan_pieces = NOTHING
         self._usage_filter: UsageChunkFilter | None = None
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
@@ -428,7 +428,8 @@ class Forwarder:
             if status >= 300:
                 self.usage_reader = None  # an error or a redirect reports no usage
             elif is_sse and self._strip_usage:
-                self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
+                self._usage_filter = UsageChunkFilter(self.route.buffer_size)
+                self._scan_pieces = SCAN  # the rest of this read was judged without the filter
         if is_sse:
             if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
@@ -459,14 +460,11 @@ class Forwarder:
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
         mode = self._scan_pieces
-        if mode:  # else nothing in this read concerns usage (the usual read)
-            reader = self.usage_reader
-            if reader is not None:
-                strip = self._usage_filter
-                if strip is not None:
-                    self._filtered_body(strip.feed(data, mode == SCAN))
-                    return
-                reader.piece(data)
+        if mode:  # else nothing in this read concerns the usage chunk (the usual read)
+            strip = self._usage_filter
+            if strip is not None:
+                self._filtered_body(strip.feed(data, mode == SCAN))
+                return
         self._forward(data)
 
     def _filtered_body(self, data: bytes) -> None:
