@@ -116,11 +116,13 @@ def _as_forwarded(raw: bytes, cuts: list[int]) -> tuple[bytes, Usage]:
     parser = httptools.HttpResponseParser(sink)
     sent = b""
     for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
-        mode = read_mode(reader, strip, reader.read(bytearray(raw[a:b]) + bytearray(8), b - a))
+        found = reader.read(bytearray(raw[a:b]) + bytearray(8), b - a)
+        mode = read_mode(reader, strip, found)
         sink.pieces = []
         parser.feed_data(raw[a:b])
-        if strip is None:
-            strip, mode = UsageChunkFilter(8192), SCAN  # the head was in this read
+        if strip is None:  # the head was in this read: the filter judges the rest of it
+            strip = UsageChunkFilter(8192)
+            mode = read_mode(reader, strip, found)
         for piece in sink.pieces:
             sent += piece if mode == NOTHING else strip.feed(piece, mode == SCAN)
         assert _may_stop_mid_event(sent), (cuts, sent[-80:])

@@ -81,6 +81,7 @@ class Forwarder:
         "_paused",
         "_pending",
         "_pending_bytes",
+        "_read_found",
         "_retried",
         "_reused",
         "_rewriter",
@@ -193,6 +194,7 @@ class Forwarder:
         )
         # What this read's body pieces need (core/usage_filter.read_mode)
         self._scan_pieces = NOTHING
+        self._read_found = False  # the last read held a usage object (UsageReader.read)
         self._usage_filter: UsageChunkFilter | None = None
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
@@ -428,8 +430,9 @@ class Forwarder:
             if status >= 300:
                 self.usage_reader = None  # an error or a redirect reports no usage
             elif is_sse and self._strip_usage:
-                self._usage_filter = UsageChunkFilter(self.route.buffer_size)
-                self._scan_pieces = SCAN  # the rest of this read was judged without the filter
+                strip = self._usage_filter = UsageChunkFilter(self.route.buffer_size)
+                # the rest of this read (usually all of a short answer), judged with the filter
+                self._scan_pieces = read_mode(reader, strip, self._read_found)
         if is_sse:
             if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
@@ -455,7 +458,8 @@ class Forwarder:
         """A whole upstream read, before it is parsed: usage is looked for once per read."""
         reader = self.usage_reader
         if reader is not None:
-            self._scan_pieces = read_mode(reader, self._usage_filter, reader.read(buffer, nbytes))
+            found = self._read_found = reader.read(buffer, nbytes)
+            self._scan_pieces = read_mode(reader, self._usage_filter, found)
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
