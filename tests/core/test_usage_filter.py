@@ -20,7 +20,7 @@ WITHOUT = STREAM.replace(USAGE_EVENT, b"")
 def _run(pieces: list[bytes], limit: int = 8192) -> tuple[list[bytes], Usage]:
     """Every piece scanned (as if each read held usage), each also read by the reader."""
     reader = UsageReader()
-    strip = UsageChunkFilter(limit)
+    strip = UsageChunkFilter(reader, limit)
     out = []
     for piece in pieces:
         reader.feed(piece)
@@ -84,7 +84,7 @@ def test_split_anywhere_a_heartbeat_between_writes_is_never_inside_the_held_even
 
 
 def test_a_held_tail_is_bounded() -> None:
-    strip = UsageChunkFilter(64)
+    strip = UsageChunkFilter(UsageReader(), 64)
     long_partial = b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,' + b'"x":1' * 20
     assert strip.feed(long_partial, True) == long_partial  # too long to be the usage chunk: sent at once
     assert "held=0" in repr(strip)
@@ -93,7 +93,7 @@ def test_a_held_tail_is_bounded() -> None:
 
 
 def test_a_split_content_chunk_is_not_held() -> None:
-    strip = UsageChunkFilter(8192)
+    strip = UsageChunkFilter(UsageReader(), 8192)
     partial = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"he'
     assert strip.feed(partial, True) == partial
     assert strip.feed(b'llo"}}]}\n\n', True) == b'llo"}}]}\n\n'
@@ -121,7 +121,7 @@ def _as_forwarded(raw: bytes, cuts: list[int]) -> tuple[bytes, Usage]:
         sink.pieces = []
         parser.feed_data(raw[a:b])
         if strip is None:  # the head was in this read: the filter judges the rest of it
-            strip = UsageChunkFilter(8192)
+            strip = UsageChunkFilter(reader, 8192)
             mode = read_mode(reader, strip, found)
         for piece in sink.pieces:
             sent += piece if mode == NOTHING else strip.feed(piece, mode == SCAN)

@@ -38,11 +38,12 @@ MARKER = b'"usage"'
 MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
 # ``data:`` lines are counted in the first bytes of an answer only, then extrapolated by bytes:
 # counting every read cost as much as the search for usage itself (a pass over every byte).
-SAMPLE_BYTES = 8192
+SAMPLE_BYTES = 2048
 _MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
 _WHITESPACE = b" \t\r\n"
 _SEPARATORS = b" \t\r\n:"
 _KEEP = len(MARKER) - 1  # a read may end with the first bytes of the marker
+EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
 
 
 class Usage(NamedTuple):
@@ -113,6 +114,7 @@ class UsageReader:
         "_sampled",
         "_tail",
         "cached_input",
+        "empty_choices",
         "events",
         "found",
         "input",
@@ -134,6 +136,8 @@ class UsageReader:
         self._carry = b""  # an unfinished usage object at the end of the last read (Rule 3)
         self.unfinished = False  # the last read did not end an event
         self._tail = b""  # then, its last bytes (they may begin the marker)
+        # in the last read that held usage: the spelling of its empty choice list, if any
+        self.empty_choices: tuple[bytes, ...] = ()
 
     # -- reading ------------------------------------------------------------------------
     def read(self, buffer: bytes | bytearray, end: int) -> bool:
@@ -143,7 +147,7 @@ class UsageReader:
             self.events += buffer.count(b"data:", 0, end)
             self._sampled += end
         self.total_bytes += end
-        data: bytes | None = None
+        data: bytes | bytearray | None = None
         carry = self._carry
         if carry:
             self._carry = b""
@@ -151,7 +155,7 @@ class UsageReader:
         elif self.unfinished and MARKER in self._tail + buffer[:_KEEP]:
             data = self._tail + buffer[:end]  # the marker straddles the last read and this one
         elif _has_usage_object(buffer, end):
-            data = bytes(buffer[:end])
+            data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
         unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
         if unfinished:
@@ -163,6 +167,11 @@ class UsageReader:
         if data is None:
             return False
         self._scan(data)
+        self.empty_choices = ()
+        for spelling in EMPTY_CHOICES:  # one search more, in the rare read that holds usage
+            if spelling in data:
+                self.empty_choices = (spelling,)
+                break
         return True
 
     def feed(self, data: bytes) -> None:
@@ -174,7 +183,7 @@ class UsageReader:
         self.feed(body)
         self._carry = b""
 
-    def _scan(self, data: bytes) -> None:
+    def _scan(self, data: bytes | bytearray) -> None:
         at = data.find(MARKER)
         while at >= 0:
             value = _skip(data, at + len(MARKER))
@@ -197,12 +206,12 @@ class UsageReader:
                 return
             at = data.find(MARKER, end)
 
-    def _carry_from(self, data: bytes, at: int) -> None:
+    def _carry_from(self, data: bytes | bytearray, at: int) -> None:
         if len(data) - at <= MAX_USAGE_BYTES:
-            self._carry = data[at:]
+            self._carry = bytes(data[at:])
         # else: an object this long is not usage; drop it rather than hold it
 
-    def _object_end(self, data: bytes, start: int) -> int:
+    def _object_end(self, data: bytes | bytearray, start: int) -> int:
         """Parse the object at ``start`` and take its fields; its end, or -1 if it is unfinished."""
         limit = min(len(data), start + MAX_USAGE_BYTES)
         close = data.find(b"}", start, limit)
@@ -291,7 +300,7 @@ def _has_usage_object(buffer: bytes | bytearray, end: int) -> bool:
     return False
 
 
-def _skip(data: bytes, at: int) -> int:
+def _skip(data: bytes | bytearray, at: int) -> int:
     while at < len(data) and data[at] in _WHITESPACE:
         at += 1
     return at

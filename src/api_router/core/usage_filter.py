@@ -14,7 +14,8 @@ Rule 2. An event split across reads is held until it ends (the tail after the re
         held event, never inside it. Released with the next read, they may make one piece of
         up to twice ``limit``: the Forwarder writes it in pieces of at most ``bufferSize``.
 Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in which the
-        ``UsageReader`` found a usage object (SCAN: the usage chunk is looked for and removed),
+        ``UsageReader`` found a usage object and an empty choice list (SCAN: the usage chunk is
+        looked for and removed),
         a read that did not end an event (HOLD: its last piece may be held) and the read after
         one that left something held (SCAN). A read that ends an event and has no usage object
         (nearly all) does not come here at all.
@@ -22,9 +23,8 @@ Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in
 
 from __future__ import annotations
 
-from api_router.core.usage import MARKER, UsageReader
+from api_router.core.usage import EMPTY_CHOICES, MARKER, UsageReader
 
-_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
 NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
 
@@ -33,15 +33,16 @@ def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) 
     """For one upstream read, after ``reader.read`` said whether it ``found`` a usage object."""
     if strip is None:
         return NOTHING
-    if found or strip.holding:  # a held tail is looked at with the read that ends it
+    if strip.holding or (found and reader.empty_choices):  # a held tail: with the read that ends it
         return SCAN
     return HOLD if reader.unfinished else NOTHING
 
 
 class UsageChunkFilter:
-    __slots__ = ("_held", "_limit", "removed")
+    __slots__ = ("_held", "_limit", "reader", "removed")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, reader: UsageReader, limit: int) -> None:
+        self.reader = reader
         self._limit = limit
         self._held = b""
         self.removed = False  # the usage chunk was taken out (there is one per stream)
@@ -68,7 +69,8 @@ class UsageChunkFilter:
         return data
 
     def _remove(self, data: bytes) -> bytes:
-        for spelling in _EMPTY_CHOICES:
+        # the spelling the reader saw in this read; both for a held tail (seen in an earlier read)
+        for spelling in self.reader.empty_choices or EMPTY_CHOICES:
             at = data.find(spelling)
             if at >= 0:
                 start = data.rfind(b"\n\n", 0, at) + 2

@@ -430,7 +430,7 @@ class Forwarder:
             if status >= 300:
                 self.usage_reader = None  # an error or a redirect reports no usage
             elif is_sse and self._strip_usage:
-                strip = self._usage_filter = UsageChunkFilter(self.route.buffer_size)
+                strip = self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
                 # the rest of this read (usually all of a short answer), judged with the filter
                 self._scan_pieces = read_mode(reader, strip, self._read_found)
         if is_sse:
