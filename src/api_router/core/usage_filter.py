@@ -17,8 +17,9 @@ Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in
         ``UsageReader`` found a usage object and an empty choice list (SCAN: the usage chunk is
         looked for and removed),
         a read that did not end an event (HOLD: its last piece may be held) and the read after
-        one that left something held (SCAN). A read that ends an event and has no usage object
-        (nearly all) does not come here at all.
+        one that left something held (HOLD: its first piece completes the held event, which is
+        looked at then). A read that ends an event and has no usage object (nearly all) does
+        not come here at all.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) 
     """For one upstream read, after ``reader.read`` said whether it ``found`` a usage object."""
     if strip is None:
         return NOTHING
-    if strip.holding or (found and reader.empty_choices):  # a held tail: with the read that ends it
+    if found and reader.empty_choices:
         return SCAN
-    return HOLD if reader.unfinished else NOTHING
+    # a held tail goes out (and is looked at) with the first piece of the next read
+    return HOLD if reader.unfinished or strip.holding else NOTHING
 
 
 class UsageChunkFilter:
@@ -57,6 +59,7 @@ class UsageChunkFilter:
         if held:
             self._held = b""
             data = held + data
+            scan = True  # the held event is judged whole, with its end
         if not data.endswith(b"\n\n"):
             cut = data.rfind(b"\n\n") + 2  # 1 when there is none: the whole read is one partial event
             if cut == 1:
