@@ -294,7 +294,7 @@ def test_usage_seen_but_the_stream_broke_is_estimated() -> None:
 def test_an_oversized_object_after_the_key_is_not_held() -> None:
     reader = UsageReader()
     reader.feed(b'data: {"usage":{"note":"' + b"x" * (2 * MAX_USAGE_BYTES))
-    assert "carry=0 tail=6" in repr(reader)  # only what may begin a marker
+    assert "carry=0 tail=0" in repr(reader)  # nothing: the read does not end with a marker's start
     reader.feed(b'"}}\n\n')
     assert not reader.found
 
@@ -302,9 +302,11 @@ def test_an_oversized_object_after_the_key_is_not_held() -> None:
 def test_reads_without_usage_keep_at_most_the_marker_length() -> None:
     reader = UsageReader()
     reader.feed(b'data: {"choices":[{"delta":{"content":"abc')  # a read that ends mid-event
-    assert "carry=0 tail=6" in repr(reader)
-    reader.feed(b'"}}]}\n\n')
     assert "carry=0 tail=0" in repr(reader)
+    reader.feed(b'"}}]}\n\ndata: {"id":"1","us')  # this one may end with the marker's start
+    assert "carry=0 tail=3" in repr(reader)
+    reader.feed(b'age":{"prompt_tokens":3}}\n\n')
+    assert reader.found and "carry=0 tail=0" in repr(reader)
 
 
 def test_cost() -> None:

@@ -135,7 +135,7 @@ class UsageReader:
         self.total_bytes = 0  # bytes read in all
         self._carry = b""  # an unfinished usage object at the end of the last read (Rule 3)
         self.unfinished = False  # the last read did not end an event
-        self._tail = b""  # then, its last bytes (they may begin the marker)
+        self._tail = b""  # then, its last bytes if they begin the marker
         # in the last read that held usage: the spelling of its empty choice list, if any
         self.empty_choices: tuple[bytes, ...] = ()
 
@@ -152,17 +152,24 @@ class UsageReader:
         if carry:
             self._carry = b""
             data = carry + buffer[:end]
-        elif self.unfinished and MARKER in self._tail + buffer[:_KEEP]:
+        elif self._tail and buffer.startswith(MARKER[len(self._tail) :], 0, end):
             data = self._tail + buffer[:end]  # the marker straddles the last read and this one
         elif _has_usage_object(buffer, end):
             data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
         unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
+        tail = b""
         if unfinished:
-            tail = bytes(buffer[max(0, end - _KEEP) : end])
-            if len(tail) < _KEEP and self.unfinished:  # reads shorter than the marker
-                tail = (self._tail + tail)[-_KEEP:]
-            self._tail = tail
+            # Kept only if the read ends with the start of the marker (a quote in its last bytes
+            # is the first test: one memchr, no allocation in the usual read).
+            quote = buffer.rfind(b'"', max(0, end - _KEEP), end)
+            if quote >= 0 and MARKER.startswith(buffer[quote:end]):
+                tail = bytes(buffer[quote:end])
+            elif end < _KEEP and self._tail:  # reads shorter than the marker
+                joined = self._tail + buffer[:end]
+                if MARKER.startswith(joined):
+                    tail = joined
+        self._tail = tail
         self.unfinished = unfinished
         if data is None:
             return False
@@ -282,7 +289,7 @@ class UsageReader:
         return (
             f"<UsageReader found={self.found} input={self.input} output={self.output} "
             f"cached={self.cached_input} reasoning={self.reasoning} events={self.events} "
-            f"carry={len(self._carry)} tail={len(self._tail) if self.unfinished else 0}>"
+            f"carry={len(self._carry)} tail={len(self._tail)}>"
         )
 
 
