@@ -25,6 +25,8 @@ COMPILED = [
     "src/api_router/core/http.py",
     "src/api_router/core/sse.py",
     "src/api_router/core/stream.py",
+    "src/api_router/core/usage.py",
+    "src/api_router/core/usage_filter.py",
     "src/api_router/metrics.py",
     "src/api_router/net/downstream.py",
     "src/api_router/net/forward.py",

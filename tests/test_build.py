@@ -16,6 +16,8 @@ COMPILED = [
     "api_router.core.http",
     "api_router.core.sse",
     "api_router.core.stream",
+    "api_router.core.usage",
+    "api_router.core.usage_filter",
     "api_router.metrics",
     "api_router.net.downstream",
     "api_router.net.forward",

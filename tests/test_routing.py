@@ -188,8 +188,10 @@ def test_prepare_json_maps_models_and_reports_bad_bodies() -> None:
     assert isinstance(route, Route)
     body = b'{"model":"gpt-4o","stream":true,"messages":[{"content":"h\xc3\xa9"}]}'
     mapped = router.prepare_json(route, body)
-    assert mapped.raw == '{"model":"qwen-max","stream":true,"messages":[{"content":"hé"}]}'.encode()
-    assert (mapped.model, mapped.stream, mapped.group) == ("gpt-4o", True, None)
+    # streamUsage "force" (the default) asks for the usage chunk, and the client will not see it
+    asked = '{"stream_options":{"include_usage":true},"model":"qwen-max","stream":true,'
+    assert mapped.raw == (asked + '"messages":[{"content":"hé"}]}').encode()
+    assert (mapped.model, mapped.stream, mapped.group, mapped.strip_usage) == ("gpt-4o", True, None, True)
     grouped = router.prepare_json(route, b'{"model":"fast"}')
     assert (grouped.body["model"], grouped.group) == ("qwen-turbo", "cheap")
     raw = b'{"model": "other", "stream": false}'
@@ -197,6 +199,13 @@ def test_prepare_json_maps_models_and_reports_bad_bodies() -> None:
     # mapped: only the model's value changes; numbers beyond 64 bits and spacing stay as sent
     exact = b'{"seed": 123456789012345678901234567890, "model": "gpt-4o", "n": 1.10}'
     assert router.prepare_json(route, exact).raw == exact.replace(b'"gpt-4o"', b'"qwen-max"')
+    passthrough = Router(config.with_overrides({"stream_usage": "passthrough"}))
+    passthrough_route = passthrough.match("POST", "/v1/chat/completions")
+    assert isinstance(passthrough_route, Route)
+    kept = passthrough.prepare_json(passthrough_route, b'{"model":"x","stream":true}')
+    assert (kept.raw, kept.strip_usage) == (b'{"model":"x","stream":true}', False)
+    messages = router.match("POST", "/v1/messages")  # Anthropic streams report usage unasked
+    assert isinstance(messages, Route) and not messages.force_usage
     for bad, code in [
         (b"{not json", "invalid_json"),
         (b"[1]", "invalid_json"),

@@ -84,6 +84,13 @@ def test_the_docs_examples_validate(schema: dict[str, Any]) -> None:
         ({"baseUrl": "http://x", "streamConfig": {"bufferSize": 1}}, "streamConfig.bufferSize"),
         ({"baseUrl": "http://x", "logFormat": "xml"}, "logFormat"),
         ({"baseUrl": "http://x", "$schema": 3}, "$schema"),
+        ({"baseUrl": "http://x", "streamUsage": "always"}, "streamUsage"),
+        (
+            {"baseUrl": "http://x", "endpoints": {"/v1/completions": {"streamUsage": 1}}},
+            "endpoints./v1/completions.streamUsage",
+        ),
+        ({"baseUrl": "http://x", "prices": {"m": {"inputPer1M": -1}}}, "prices.m.inputPer1M"),
+        ({"baseUrl": "http://x", "prices": {"m": {"outputPer1M": 1}}}, "prices.m"),  # inputPer1M missing
     ],
 )
 def test_schema_and_loader_refuse_the_same_mistakes(schema: dict[str, Any], doc: object, field: str) -> None:
@@ -92,6 +99,20 @@ def test_schema_and_loader_refuse_the_same_mistakes(schema: dict[str, Any], doc:
     with pytest.raises(cfg.ConfigError) as info:
         cfg.from_dict(doc)  # type: ignore[arg-type]
     assert field in str(info.value)
+
+
+def test_usage_settings_validate_and_load(schema: dict[str, Any]) -> None:
+    doc = {
+        "baseUrl": "http://127.0.0.1:9",
+        "streamUsage": "passthrough",
+        "endpoints": {"/v1/chat/completions": {"streamUsage": "force"}},
+        "prices": {"house": {"inputPer1M": 0.5, "outputPer1M": 1.5, "cachedInputPer1M": 0.05}},
+    }
+    assert _errors(schema, doc) == []
+    config = cfg.from_dict(doc)
+    assert config.stream_usage == "passthrough"
+    assert config.endpoints["/v1/chat/completions"].stream_usage == "force"
+    assert config.prices["house"].price() == (0.5, 1.5, 0.05)
 
 
 def test_a_config_naming_its_schema_loads(tmp_path: Path, schema: dict[str, Any]) -> None:

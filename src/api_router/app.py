@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from api_router import __version__, logs
+from api_router.accounting import Accounting
 from api_router.backends import BackendSet, circuit_value
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
 from api_router.config import Config, ConfigError, RateLimitConfig
@@ -123,6 +124,7 @@ class App:
         self.body_timeout = limits.body_timeout_secs
         self.max_open_streams = limits.max_streams
         self.metrics.known_routes = {route.path for route in self.router.routes} | set(LOCAL_ROUTES)
+        self.accounting = Accounting(config, self.metrics)
 
     def reload(self, why: str) -> bool:
         """Load the config again; an invalid one is refused and the old one stays in force."""
@@ -248,6 +250,10 @@ class App:
         if isinstance(cache, RedisCache) and now - self._cache_stats_at >= CACHE_STATS_EVERY_SECS:
             self._cache_stats_at = now
             spawn(cache.refresh_stats())
+
+    def account(self, forwarder: Forwarder, outcome: str) -> None:
+        """An exchange ended: its usage is priced and counted (accounting.py)."""
+        self.accounting.finished(forwarder)
 
     def access_log(self, forwarder: Forwarder, outcome: str) -> None:
         logs.access_line(forwarder, outcome)

@@ -46,6 +46,7 @@ from api_router.config_backends import (
     implicit_group,
 )
 from api_router.config_security import Clients, LimitsConfig, TlsConfig
+from api_router.config_usage import PriceConfig, StreamUsage
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
@@ -198,6 +199,7 @@ class EndpointConfig(_Model):
     stream_config: StreamConfigOverride | None = None
     backends: str | None = None  # a backendGroups name; null = the default group
     forward_client_credentials: bool | None = None  # null: the global setting
+    stream_usage: StreamUsage | None = None  # null: the global setting
 
     @field_validator("upstream_path")
     @classmethod
@@ -254,6 +256,9 @@ class Config(_Model):
     clients: Clients = Field(default_factory=list)  # any: access control on (core/access.py)
     tls: TlsConfig | None = None  # serve HTTPS
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # Token accounting (config_usage.py): ask OpenAI streams for usage; prices over the shipped table
+    stream_usage: StreamUsage = "force"
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
 
     _source: str = PrivateAttr(default="<dict>")
     _api_key: SecretStr | None = PrivateAttr(default=None)

@@ -74,6 +74,9 @@ def access_line(forwarder: Forwarder, outcome: str) -> None:
         return
     now = time.perf_counter()
     ttfb = forwarder.ttfb
+    usage = forwarder.usage
+    backend = forwarder.backend_name
+    cost = forwarder.cost_usd
     fields = {
         "request_id": forwarder.request_id.decode(),
         "route": forwarder.route.path,
@@ -85,7 +88,15 @@ def access_line(forwarder: Forwarder, outcome: str) -> None:
         "bytes": forwarder.state.bytes_forwarded + forwarder.own_bytes,
         "outcome": outcome,
         "stream": forwarder.state.sse,
+        "client": forwarder.client_name,
+        "model": forwarder.model,
+        "backend": backend,
+        "input_tokens": usage.input if usage is not None else None,
+        "output_tokens": usage.output if usage is not None else None,
+        "cost_usd": round(cost, 8) if cost is not None else None,
     }
+    if usage is not None and usage.estimated:
+        fields["usage_estimated"] = True
     access.info("request", extra={"fields": fields})
 
 

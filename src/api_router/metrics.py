@@ -25,10 +25,14 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from api_router.core.usage import Usage
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
 FLUSH_SECS = 1.0
 _BOUNDS = (*_LATENCY_BUCKETS, float("inf"))
+OTHER_MODEL = "other"  # label for models the config does not know: clients choose the name
+TOKEN_KINDS = ("input", "output", "cached_input", "reasoning")
 
 
 class _Progress(Protocol):
@@ -108,6 +112,11 @@ class Metrics:
         self._durations: dict[str, HistogramTally] = {}  # by route
         self._ttfbs: dict[str, HistogramTally] = {}  # by route
         self._backend_latencies: dict[str, HistogramTally] = {}  # by backend
+        # by (client, model): tokens of each kind, then cost; requests by (client, model, status)
+        self._tokens: dict[tuple[str, str], list[float]] = {}
+        self._llm_requests: dict[tuple[str, str, int], int] = {}
+        self._estimated: dict[tuple[str, str], int] = {}
+        self.known_models: frozenset[str] = frozenset()  # model label values allowed (App.apply)
         self._bytes = 0
         self._heartbeats = 0
         self._disconnects = 0
@@ -150,6 +159,31 @@ class Metrics:
             "Request start to the upstream's response head",
             ["route"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        self.llm_tokens = Counter(
+            "llm_tokens",
+            "Tokens the upstreams reported (or, for broken streams, estimated), by kind",
+            ["client", "model", "kind"],
+            registry=r,
+        )
+        self.llm_cost = Counter(
+            "llm_cost_usd",
+            "What those tokens cost at the prices table, US dollars",
+            ["client", "model"],
+            registry=r,
+        )
+        self.llm_requests = Counter(
+            "llm_requests",
+            "Forwarded requests, by client, model and status",
+            ["client", "model", "status"],
+            registry=r,
+        )
+        self.llm_estimated = Counter(
+            "llm_usage_estimated",
+            "Requests whose usage was estimated (abandoned or broken streams, no usage reported)",
+            ["client", "model"],
             registry=r,
         )
 
@@ -225,6 +259,30 @@ class Metrics:
             _tally(self._ttfbs, route).add(forwarder.ttfb)
         self._pending()
 
+    def model_label(self, model: str | None) -> str:
+        """Bounded cardinality: only names the config knows become label values."""
+        return model if model is not None and model in self.known_models else OTHER_MODEL
+
+    def usage_finished(
+        self, client: str, model: str, status: int, usage: Usage | None, cost: float | None
+    ) -> None:
+        """One forwarded request's accounting; ``model`` is already a label (``model_label``)."""
+        key = (client, model, status)
+        self._llm_requests[key] = self._llm_requests.get(key, 0) + 1
+        if usage is not None:
+            pair = (client, model)
+            tally = self._tokens.get(pair)
+            if tally is None:
+                tally = self._tokens[pair] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            tally[0] += usage.input
+            tally[1] += usage.output
+            tally[2] += usage.cached_input
+            tally[3] += usage.reasoning
+            tally[4] += cost or 0.0
+            if usage.estimated:
+                self._estimated[pair] = self._estimated.get(pair, 0) + 1
+        self._pending()
+
     def local_response(self, path: str, status: int) -> None:
         key = (path if path in self.known_routes else UNMATCHED, status)
         self._requests[key] = self._requests.get(key, 0) + 1
@@ -257,6 +315,7 @@ class Metrics:
         requests, self._requests = self._requests, {}
         for (route, status), count in requests.items():
             self.requests.labels(route, str(status)).inc(count)
+        self._flush_usage()
         backend_requests, self._backend_requests = self._backend_requests, {}
         for (backend, outcome), count in backend_requests.items():
             self.backend_requests.labels(backend, outcome).inc(count)
@@ -268,6 +327,19 @@ class Metrics:
             for label, tally in tallies.items():
                 tally.publish(histogram.labels(label))
             tallies.clear()
+
+    def _flush_usage(self) -> None:
+        llm_requests, self._llm_requests = self._llm_requests, {}
+        for (client, model, status), count in llm_requests.items():
+            self.llm_requests.labels(client, model, str(status)).inc(count)
+        tokens, self._tokens = self._tokens, {}
+        for (client, model), tally in tokens.items():
+            for index, kind in enumerate(TOKEN_KINDS):
+                self.llm_tokens.labels(client, model, kind).inc(tally[index])
+            self.llm_cost.labels(client, model).inc(tally[4])
+        estimated, self._estimated = self._estimated, {}
+        for (client, model), count in estimated.items():
+            self.llm_estimated.labels(client, model).inc(count)
 
     def render(self) -> tuple[bytes, bytes]:
         self.flush()

@@ -16,7 +16,7 @@ import orjson
 
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
-from api_router.core.json_body import DuplicateKey, check_top_level, replace_values
+from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 
 
@@ -36,11 +36,12 @@ class _Builtin:
     kind: RouteKind
     stream_support: bool
     flavor: ApiFlavor = ApiFlavor.OPENAI
+    stream_options: bool = False  # OpenAI's stream_options.include_usage applies (streamUsage)
 
 
 BUILTIN_ROUTES: dict[str, _Builtin] = {
-    "/v1/chat/completions": _Builtin("POST", RouteKind.JSON, True),
-    "/v1/completions": _Builtin("POST", RouteKind.JSON, True),
+    "/v1/chat/completions": _Builtin("POST", RouteKind.JSON, True, stream_options=True),
+    "/v1/completions": _Builtin("POST", RouteKind.JSON, True, stream_options=True),
     "/v1/embeddings": _Builtin("POST", RouteKind.JSON, False),
     "/v1/audio/transcriptions": _Builtin("POST", RouteKind.MULTIPART, False),
     "/v1/audio/translations": _Builtin("POST", RouteKind.MULTIPART, False),
@@ -99,6 +100,7 @@ class Route:
     flavor: ApiFlavor
     backend_group: str | None  # the endpoint's backendGroups name; None = the default group
     forward_client_credentials: bool = False  # the endpoint's setting, else the global one
+    force_usage: bool = False  # streamUsage "force" on a route with OpenAI's stream_options
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class PreparedJson(NamedTuple):
     stream: bool
     model: str | None  # as the client named it
     group: str | None  # the model's backend group, if the mapping names one
+    strip_usage: bool = False  # the router asked for the usage chunk: the client must not see it
 
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
@@ -246,6 +249,13 @@ class Router:
                 if endpoint is not None and endpoint.forward_client_credentials is not None
                 else self.config.forward_client_credentials
             ),
+            force_usage=builtin.stream_options
+            and (
+                endpoint.stream_usage
+                if endpoint is not None and endpoint.stream_usage is not None
+                else self.config.stream_usage
+            )
+            == "force",
         )
 
     def match(self, method: str, path: str) -> Route | RouteKind:
@@ -358,7 +368,10 @@ class Router:
             body["stream"] = changes["stream"] = stream = False
         if changes:
             raw = replace_values(raw, changes)  # the rest of the client's bytes untouched
-        return PreparedJson(raw, body, stream, model, group)
+        strip = False
+        if stream and route.force_usage:
+            raw, strip = ask_for_usage(raw, body)  # spliced, as above (core/json_body.py, rule 3)
+        return PreparedJson(raw, body, stream, model, group, strip)
 
     def model_names(self) -> dict[str, str]:
         """Client name → upstream name, for the multipart rewriter."""

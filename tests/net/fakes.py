@@ -57,6 +57,9 @@ class RecordingListener:
     def upstream_head(self, status: int, headers: HeaderList) -> None:
         self.events.append(("head", status))
 
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None:
+        pass
+
     def upstream_body(self, data: bytes) -> None:
         self.body += bytes(data)
         self.events.append(("body", bytes(data)))

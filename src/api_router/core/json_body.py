@@ -1,6 +1,6 @@
 """The top level of a client's JSON body: what the router judges is what the upstream reads.
 
-Two rules (hardening issue, defect 9):
+Three rules (hardening issue, defect 9; issue 11 for the third):
 
 1. A body whose top level repeats a key the router reads (``model``, ``stream``) is refused.
    Parsers disagree on duplicates (orjson keeps the last, others the first), so a body judged by
@@ -9,6 +9,13 @@ Two rules (hardening issue, defect 9):
 2. A value the router changes (the mapped model, ``stream`` turned off) is spliced into the
    client's bytes; the rest of the body stays byte for byte as sent (numbers beyond 64 bits,
    key order, spacing). Re-serialising turned 123456789012345678901234567890 into 1.2e+29.
+3. ``streamUsage: "force"`` asks an OpenAI stream for its usage (``ask_for_usage``): with no
+   ``stream_options`` (or ``null``) the member ``"stream_options":{"include_usage":true}`` is
+   inserted first; with an object lacking ``include_usage`` it is inserted in it; an
+   ``include_usage`` that is not ``true`` (``false``) is turned to ``true``. In each of those
+   cases the client did not ask for the usage chunk, so it is removed from what it sees
+   (``strip``). A client that asked is left alone; a ``stream_options`` of another type is the
+   upstream's to refuse.
 
 Speed: the usual body names each judged key once, literally, and has no ``\\u`` escape (the only
 way another spelling could decode to ``"model"``); then a byte count proves there is no
@@ -21,7 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-JUDGED_KEYS = ("model", "stream")
+JUDGED_KEYS = ("model", "stream", "stream_options")
 _QUOTED = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
 _WHITESPACE = b" \t\r\n"
 
@@ -108,3 +115,76 @@ def _value_end(raw: bytes, start: int) -> int:
     while end < len(raw) and raw[end] not in b",}" and raw[end] not in _WHITESPACE:
         end += 1
     return end
+
+
+_INCLUDE_USAGE = b'"include_usage"'
+_ASKED = b'"stream_options":{"include_usage":true}'
+_ASKED_FIRST = b"{" + _ASKED + b","
+_STREAM_OPTIONS = b'"stream_options"'
+
+
+def ask_for_usage(raw: bytes, body: dict[str, Any]) -> tuple[bytes, bool]:
+    """Rule 3: (the body to send, whether the usage chunk must be removed from the client's stream).
+
+    ``body`` is ``raw`` already parsed (orjson): it decides, and ``raw`` is only spliced."""
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return raw, False  # the client asked: it gets the chunk
+    if options is not None and not isinstance(options, dict):
+        return raw, False
+    if "stream_options" not in body:  # the usual body: absent in any spelling, so insert it first
+        if raw[:1] == b"{":
+            return _ASKED_FIRST + raw[1:], True
+        at = raw.index(b"{") + 1  # the top-level object (orjson said so), after leading space
+        return raw[:at] + _ASKED + b"," + raw[at:], True
+    if _is_plain(raw):
+        spliced = _splice_options(raw)
+        if spliced is not None:
+            return spliced, True
+    parsed = _parse_exact(raw)  # rare: spellings or nesting the splice does not judge
+    current = parsed.get("stream_options")
+    parsed["stream_options"] = {**(current if isinstance(current, dict) else {}), "include_usage": True}
+    return json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode(), True
+
+
+def _splice_options(raw: bytes) -> bytes | None:
+    """``include_usage: true`` spliced into the top-level ``stream_options``; None if not plain."""
+    at = raw.index(_STREAM_OPTIONS) + len(_STREAM_OPTIONS)
+    at = _skip_whitespace(raw, at)
+    if raw[at : at + 1] != b":":
+        return None
+    start = _skip_whitespace(raw, at + 1)
+    if raw.startswith(b"null", start):
+        return raw[:start] + b'{"include_usage":true}' + raw[start + 4 :]
+    end = _object_end(raw, start)
+    if end < 0:
+        return None
+    inner = raw.find(_INCLUDE_USAGE, start, end)
+    if inner < 0:
+        first = _skip_whitespace(raw, start + 1)
+        member = b'"include_usage":true' + (b"" if raw[first : first + 1] == b"}" else b",")
+        return raw[: start + 1] + member + raw[start + 1 :]
+    if raw.find(_INCLUDE_USAGE, inner + 1, end) >= 0:
+        return None
+    colon = _skip_whitespace(raw, inner + len(_INCLUDE_USAGE))
+    if raw[colon : colon + 1] != b":":
+        return None
+    value = _skip_whitespace(raw, colon + 1)
+    if raw[value : value + 1] in (b"{", b"["):
+        return None
+    return raw[:value] + b"true" + raw[_value_end(raw, value) :]
+
+
+def _object_end(raw: bytes, start: int) -> int:
+    """The end of the JSON object at ``start`` (the closing brace that makes it parse); -1 if none."""
+    if raw[start : start + 1] != b"{":
+        return -1
+    close = raw.find(b"}", start)
+    while close >= 0:
+        try:
+            json.loads(raw[start : close + 1])
+        except ValueError:
+            close = raw.find(b"}", close + 1)
+            continue
+        return close + 1
+    return -1

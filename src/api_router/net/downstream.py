@@ -51,6 +51,7 @@ class _Request:
     __slots__ = (
         "body",
         "body_bytes",
+        "client_name",
         "error",
         "forwarder",
         "head_done",
@@ -77,6 +78,7 @@ class _Request:
         self.query = b""
         self.route: Route | RouteKind | None = None
         self.error: GatewayError | None = None
+        self.client_name = "anonymous"  # the gateway client (core/access.py) once authorized
         self.body = bytearray()
         self.body_bytes = 0
         self.forwarder: Forwarder | None = None
@@ -429,27 +431,43 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         cache = self.app.cache
         if cache is None or prepared.stream or not self.app.cacheable(prepared.body):
-            self._begin(req, route, body=prepared.raw, streaming=prepared.stream, group=group)
+            self._begin(
+                req,
+                route,
+                body=prepared.raw,
+                streaming=prepared.stream,
+                group=group,
+                model=prepared.model,
+                strip_usage=prepared.strip_usage,
+            )
             return
         control = header_value(req.headers, b"cache-control") or b""
         if b"no-cache" in control or b"no-store" in control:
-            self._begin(req, route, body=prepared.raw, streaming=False, group=group, x_cache=b"BYPASS")
+            self._begin(
+                req,
+                route,
+                body=prepared.raw,
+                streaming=False,
+                group=group,
+                x_cache=b"BYPASS",
+                model=prepared.model,
+            )
             return
         key = cache_key(route.path, prepared.body, None)
         if isinstance(cache, MemoryCache):
-            self._answer_cached(req, route, prepared.raw, group, key, cache.get_now(key))
+            self._answer_cached(req, route, prepared.raw, group, key, cache.get_now(key), prepared.model)
         else:
             self._fetching = True
-            spawn(self._lookup_then_answer(req, route, prepared.raw, group, key))
+            spawn(self._lookup_then_answer(req, route, prepared.raw, group, key, prepared.model))
 
     async def _lookup_then_answer(
-        self, req: _Request, route: Route, body: bytes, group: BackendGroup, key: str
+        self, req: _Request, route: Route, body: bytes, group: BackendGroup, key: str, model: str | None
     ) -> None:
         assert self.app.cache is not None
         cached = await self.app.cache.get(key)
         self._fetching = False
         if not self._closed:
-            self._answer_cached(req, route, body, group, key, cached)
+            self._answer_cached(req, route, body, group, key, cached, model)
             if self.exchange is None:
                 self._dispatch()
 
@@ -461,9 +479,19 @@ class DownstreamProtocol(asyncio.Protocol):
         group: BackendGroup,
         key: str,
         cached: CachedResponse | None,
+        model: str | None,
     ) -> None:
         if cached is None:
-            self._begin(req, route, body=body, streaming=False, group=group, cache_key=key, x_cache=b"MISS")
+            self._begin(
+                req,
+                route,
+                body=body,
+                streaming=False,
+                group=group,
+                cache_key=key,
+                x_cache=b"MISS",
+                model=model,
+            )
             return
         headers = [*cached.headers, (b"x-request-id", req.request_id), (b"x-cache", b"HIT")]
         if not req.keep_alive:
@@ -484,6 +512,7 @@ class DownstreamProtocol(asyncio.Protocol):
         client = self.app.client_of(req.headers)
         if client is not None:
             self.app.access.authorize(client, route.path, model)
+            req.client_name = client.name
 
     def _start_streamed(self, req: _Request, route: Route, length: int | None) -> None:
         try:
@@ -515,6 +544,8 @@ class DownstreamProtocol(asyncio.Protocol):
         length: int | None = None,
         cache_key: str | None = None,
         x_cache: bytes | None = None,
+        model: str | None = None,
+        strip_usage: bool = False,
     ) -> Forwarder:
         router = self.app.router
         headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
@@ -540,6 +571,9 @@ class DownstreamProtocol(asyncio.Protocol):
             cache_key=cache_key,
             x_cache=x_cache,
             client_key=self.app.admission_key(route, streaming, headers, peer),
+            client_name=req.client_name,
+            model=model,
+            strip_usage=strip_usage,
         )
         self.exchange = forwarder
         if route.buffer_size != self._write_limit:  # backpressure starts at the route's bufferSize

@@ -37,6 +37,9 @@ class _Collector:
         self.status = status
         self.headers = headers
 
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None:
+        pass
+
     def upstream_body(self, data: bytes) -> None:
         self.body += data
         if len(self.body) > self.limit and not self.future.done():

@@ -25,6 +25,8 @@ from api_router.core.http import (
     response_head,
 )
 from api_router.core.stream import Ending, Phase, StreamState
+from api_router.core.usage import Usage, UsageReader
+from api_router.core.usage_filter import NOTHING, SCAN, UsageChunkFilter, read_mode
 from api_router.errors import (
     GatewayError,
     ServiceUnavailable,
@@ -34,7 +36,7 @@ from api_router.errors import (
     from_os_error,
 )
 from api_router.net.tasks import spawn
-from api_router.routing import Route, Target
+from api_router.routing import Route, RouteKind, Target
 
 if TYPE_CHECKING:
     from api_router.app import App
@@ -83,22 +85,29 @@ class Forwarder:
         "_paused",
         "_pending",
         "_pending_bytes",
+        "_read_found",
         "_retried",
         "_reused",
         "_rewriter",
+        "_scan_pieces",
+        "_strip_usage",
         "_timer",
         "_tried",
         "_upstream_full",
+        "_usage_filter",
         "_x_cache",
         "app",
         "backend",
         "cache_key",
+        "client_name",
         "conn",
+        "cost_usd",
         "downstream",
         "group",
         "last_heartbeat",
         "last_read",
         "loop",
+        "model",
         "own_bytes",
         "published_bytes",
         "published_heartbeats",
@@ -112,6 +121,8 @@ class Forwarder:
         "target",
         "transport",
         "ttfb",
+        "usage",
+        "usage_reader",
     )
 
     def __init__(
@@ -131,6 +142,9 @@ class Forwarder:
         cache_key: str | None = None,
         x_cache: bytes | None = None,
         client_key: str | None = None,
+        client_name: str = "anonymous",
+        model: str | None = None,
+        strip_usage: bool = False,
     ) -> None:
         self.app = app
         self.loop = app.loop
@@ -178,6 +192,19 @@ class Forwarder:
         self._capture: bytearray | None = None  # a cacheable response's body while it streams
         self._headers_out: HeaderList = []
         self._out: list[bytes] = []  # what the current upstream read produced, written at its end
+        self.client_name = client_name  # who is calling (core/access.py), for accounting
+        self.model = model  # the model the client asked for (before modelMapping)
+        self._strip_usage = strip_usage  # the router asked for the usage chunk (streamUsage force)
+        # core/usage.py reads usage on model routes; dropped at the head unless the answer is 2xx
+        self.usage_reader: UsageReader | None = (
+            UsageReader() if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART else None
+        )
+        # What this read's body pieces need (core/usage_filter.read_mode)
+        self._scan_pieces = NOTHING
+        self._read_found = False  # the last read held a usage object (UsageReader.read)
+        self._usage_filter: UsageChunkFilter | None = None
+        self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
+        self.cost_usd: float | None = None  # its price (App.account), None: no price known
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
@@ -411,6 +438,14 @@ class Forwarder:
             if self.cache_key is not None and status == 200 and not event_stream:
                 self._capture = bytearray()
                 self._headers_out = out
+        reader = self.usage_reader
+        if reader is not None:
+            if status >= 300:
+                self.usage_reader = None  # an error or a redirect reports no usage
+            elif is_sse and self._strip_usage:
+                strip = self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
+                # the rest of this read (usually all of a short answer), judged with the filter
+                self._scan_pieces = read_mode(reader, strip, self._read_found)
         if event_stream:
             if not cache_control:
                 out.append((b"cache-control", b"no-cache"))
@@ -432,8 +467,48 @@ class Forwarder:
             if timer is None or timer.when() > now + self.route.heartbeat_interval:
                 self._arm(now + self.route.heartbeat_interval)
 
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None:
+        """A whole upstream read, before it is parsed: usage is looked for once per read."""
+        reader = self.usage_reader
+        if reader is not None:
+            found = self._read_found = reader.read(buffer, nbytes)
+            self._scan_pieces = read_mode(reader, self._usage_filter, found)
+
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
+        mode = self._scan_pieces
+        if mode:  # else nothing in this read concerns the usage chunk (the usual read)
+            strip = self._usage_filter
+            if strip is not None and (mode == SCAN or strip.holding or not data.endswith(b"\n\n")):
+                self._filtered_body(strip.feed(data, mode == SCAN))
+                return
+        # _forward, inlined: a call per event is measurable here (bench.instructions)
+        self.state.data(data)
+        if self._capture is not None:
+            self._capture += data
+        if self._framing is Framing.CHUNKED:
+            size = len(data)
+            head = _CHUNK_HEADS.get(size)
+            if head is None:
+                head = b"%x\r\n" % size
+                if size <= _CHUNK_HEADS_UP_TO:
+                    _CHUNK_HEADS[size] = head
+            self._out += (head, data, CRLF)
+        else:
+            self._out.append(data)
+
+    def _filtered_body(self, data: bytes) -> None:
+        """What the usage-chunk filter let through (core/usage_filter.py): nothing, or whole events."""
+        if not data:
+            return  # held or removed: an empty chunk would end the body
+        size = self.route.buffer_size
+        if len(data) <= size:
+            self._forward(data)
+            return
+        for at in range(0, len(data), size):  # a released tail: no write above bufferSize
+            self._forward(data[at : at + size])
+
+    def _forward(self, data: bytes) -> None:
         self.state.data(data)
         if self._capture is not None:
             self._capture += data
@@ -582,6 +657,12 @@ class Forwarder:
         elif ending.close_downstream:
             self.downstream.abort()
         else:
+            strip = self._usage_filter
+            if strip is not None and ending.reason == "completed":
+                held = strip.finish()  # an unfinished last event: forwarded as it came
+                if held:
+                    self.state.data(held)
+                    self.upstream_body_write(held)
             if ending.trailer:
                 self.upstream_body_write(ending.trailer)
             if self._framing is Framing.CHUNKED:
@@ -609,9 +690,18 @@ class Forwarder:
         capture = self._capture
         if capture is not None and ending.reason == "completed" and self.cache_key is not None:
             self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
+        reader = self.usage_reader
+        if reader is not None:
+            self.usage = reader.usage(ending.reason == "completed")
         self.app.metrics.exchange_finished(self, ending.reason)
+        self.app.account(self, ending.reason)
         self.app.access_log(self, ending.reason)
         self.downstream.exchange_finished(self, keep_alive)
+
+    @property
+    def backend_name(self) -> str | None:
+        """The backend that answered (the last one tried), for the access line."""
+        return self._tried[-1] if self._tried else None
 
     def __repr__(self) -> str:
         return (

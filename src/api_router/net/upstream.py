@@ -57,6 +57,7 @@ class ResponseListener(Protocol):
     """What a connection reports to the exchange that borrowed it (the Forwarder)."""
 
     def upstream_head(self, status: int, headers: HeaderList) -> None: ...
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_flush(self) -> None: ...
     def upstream_done(self, keep_alive: bool) -> None: ...
@@ -103,6 +104,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             # they are, they must never reach the next borrower, so the connection is discarded.
             self.close()
             return
+        # The read as it came, before parsing (usage is looked for once per read, not per event);
+        # the view starts at the shared buffer's start, so the bytearray is searched in place.
+        listener.upstream_read(cast(bytearray, self._view.obj), nbytes)
         self._feeding = True
         try:
             self.parser.feed_data(self._view[:nbytes])

@@ -1,0 +1,76 @@
+"""Where usage goes once an exchange ends (issue 11): its price, the metrics, the access line.
+
+``core/usage.py`` reads the usage off the upstream's answer as it is forwarded; the Forwarder
+hands the result here through ``App.account`` exactly once per exchange. This is the seam for
+anything else that needs the spend (a shared ledger, budgets, tokens-per-minute reconciliation):
+it sees who called (``client``), the model they asked for, the status and the ``Usage``.
+
+Label cardinality stays bounded whatever clients send: the ``model`` label is the client's
+model name only when the config knows it (``modelMapping`` keys, ``prices`` entries and the
+shipped price table), else ``other``; ``client`` is a configured client's name or ``anonymous``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from api_router.config_usage import price_table
+from api_router.core.usage import PriceTable, Usage, cost_usd
+from api_router.routing import RouteKind
+
+if TYPE_CHECKING:
+    from api_router.config import Config
+    from api_router.metrics import Metrics
+    from api_router.routing import Route
+
+# Routes whose answers are model calls: others (pass-through, /v1/models) are not accounted.
+_ACCOUNTED = frozenset({RouteKind.JSON, RouteKind.MULTIPART})
+
+
+class Accounted(Protocol):
+    """What accounting reads off an exchange (a Forwarder)."""
+
+    cost_usd: float | None
+
+    @property
+    def route(self) -> Route: ...
+    @property
+    def client_name(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def usage(self) -> Usage | None: ...
+
+
+class Accounting:
+    """Built from one Config (a reload builds a new one); prices and labels are read once."""
+
+    __slots__ = ("_mapped", "metrics", "prices")
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.prices = PriceTable(price_table(config.prices))
+        self._mapped = {name: config.mapped_model(name) for name in config.model_mapping}
+        known = set(config.model_mapping) | set(config.prices) | set(price_table({}))
+        metrics.known_models = frozenset(known)
+
+    def price_of(self, usage: Usage, model: str | None) -> float | None:
+        """The cost of ``usage``: priced by the client's model name, else by the upstream's."""
+        price = self.prices.price(model)
+        if price is None and model is not None:
+            price = self.prices.price(self._mapped.get(model))
+        return None if price is None else cost_usd(usage, price)
+
+    def finished(self, exchange: Accounted) -> None:
+        if exchange.route.kind not in _ACCOUNTED:
+            return
+        usage = exchange.usage
+        model = exchange.model
+        cost = None
+        if usage is not None:
+            cost = exchange.cost_usd = self.price_of(usage, model)
+        self.metrics.usage_finished(
+            exchange.client_name, self.metrics.model_label(model), exchange.status or 499, usage, cost
+        )
