@@ -64,7 +64,7 @@ def test_defaults_keep_old_configs_working() -> None:
     assert config.limits.keep_alive_timeout_secs == 75
     assert config.limits.header_timeout_secs == 10
     assert config.limits.body_timeout_secs == 60
-    assert access_control(config).enabled is False
+    assert access_control(config.clients).enabled is False
 
 
 def test_clients_build_an_access_control() -> None:
@@ -88,7 +88,7 @@ def test_clients_build_an_access_control() -> None:
     assert isinstance(ops.rate_limit, cfg.RateLimitConfig)
     assert ops.rate_limit.requests_per_minute == 30
 
-    gate = access_control(config)
+    gate = access_control(config.clients)
     assert gate.enabled
     client = gate.authenticate([(b"authorization", f"Bearer {KEY}".encode())])
     assert client.name == "ci"
@@ -111,7 +111,7 @@ def test_key_env_is_hashed_and_the_plain_key_is_not_kept() -> None:
         client.model_dump_json(),
         config.model_dump_json(),
         json.dumps(config.model_dump(by_alias=True)),
-        repr(access_control(config)),
+        repr(access_control(config.clients)),
         repr(client.policy()),
     ):
         assert KEY not in text
@@ -252,7 +252,7 @@ def test_limits_reject_nan_and_wrong_types(tmp_path: Path) -> None:
 
 
 def test_the_module_works_when_imported_before_config() -> None:
-    """config imports this module at its top; the RateLimitConfig stand-in must not depend on order."""
+    """config imports this module at its top; it must work imported alone (it defines RateLimitConfig)."""
     code = (
         "from api_router.config_security import ClientConfig\n"
         "c = ClientConfig.model_validate("
@@ -260,4 +260,4 @@ def test_the_module_works_when_imported_before_config() -> None:
         "print(type(c.rate_limit).__module__)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "api_router.config"
+    assert result.stdout.strip() == "api_router.config_security"

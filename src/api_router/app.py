@@ -87,7 +87,7 @@ class App:
             if isinstance(old_cache, RedisCache):  # its connections would stay open for good
                 spawn(old_cache.aclose())
         self.limits = {route.path: resolve_limit(config, route.path) for route in self.router.routes}
-        self.access = access_control(config)
+        self.access = access_control(config.clients)
         self.client_limits = {
             c.name: Limit(
                 c.rate_limit.requests_per_minute,

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +33,7 @@ from api_router.config_backends import (
     Balancing,
     CacheConfig,
     ConfigModel,
+    Headers,
     HealthCheckConfig,
     ModelRoute,
     ModelTarget,
@@ -45,7 +44,7 @@ from api_router.config_backends import (
     http_url,
     implicit_group,
 )
-from api_router.config_security import Clients, LimitsConfig, TlsConfig
+from api_router.config_security import Clients, LimitsConfig, RateLimitConfig, TlsConfig
 from api_router.config_usage import PriceConfig, StreamUsage
 
 __all__ = [
@@ -72,38 +71,6 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 SCHEMA_KEY = "$schema"
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Framing and hop-by-hop headers are the router's own business; a configured copy would
-# corrupt the upstream request instead of customising it.
-_ROUTER_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
-
-
-def _header_name(name: str) -> str:
-    if not _TOKEN.fullmatch(name):
-        raise PydanticCustomError("header_name", "not a valid header name")
-    if name.lower() in _ROUTER_HEADERS:
-        raise PydanticCustomError("header_reserved", "this header is set by the router; remove it")
-    return name
-
-
-def _header_value(value: str) -> str:
-    if _BAD_VALUE_CHARS.search(value):
-        raise PydanticCustomError("header_value", "header value must not contain control characters")
-    return value
-
 
 def _endpoint_path(path: str) -> str:
     if not path.startswith("/"):
@@ -111,46 +78,11 @@ def _endpoint_path(path: str) -> str:
     return path
 
 
-Headers = dict[Annotated[str, AfterValidator(_header_name)], Annotated[str, AfterValidator(_header_value)]]
 EndpointPath = Annotated[str, AfterValidator(_endpoint_path)]
 BufferSize = Annotated[int, Field(ge=256, le=16 * MiB)]
-NonNegative = Annotated[int, Field(ge=0)]
 
 
 _Model = ConfigModel
-
-
-class RateLimitConfig(_Model):
-    """Token bucket: ``burst`` requests at once, refilled at ``requestsPerMinute``; null = no limit."""
-
-    requests_per_minute: NonNegative | None = None
-    burst: NonNegative | None = None
-    # Backend settings below are read from the global rateLimit only (see limits.py).
-    redis: str | None = Field(default=None, repr=False)  # the URL may hold a password
-    fail_open: bool = True
-    timeout_ms: int = Field(default=50, gt=0)
-    concurrent_streams: int | None = Field(default=None, ge=1)
-
-    @field_validator("redis")
-    @classmethod
-    def _redis_url(cls, value: str | None) -> str | None:
-        # The messages must not echo the URL: it may carry a password.
-        if value is None:
-            return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise PydanticCustomError("redis_url", "not a valid URL") from None
-        if parts.scheme.lower() not in ("redis", "rediss"):
-            raise PydanticCustomError(
-                "redis_url", "scheme must be redis or rediss, got {scheme}", {"scheme": repr(parts.scheme)}
-            )
-        if not parts.hostname:
-            raise PydanticCustomError("redis_url", "URL has no host")
-        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
-            raise PydanticCustomError("redis_url", "the path must be a database number, like /0")
-        return value
 
 
 class StreamConfig(_Model):

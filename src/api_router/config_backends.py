@@ -4,8 +4,9 @@ A router forwards either to one ``baseUrl`` or to a group of ``backends``; named
 ``backendGroups`` can be chosen per model (``modelMapping`` objects) or per endpoint. The
 top-level ``balancing``/``retries``/``healthCheck`` shape the implicit default group.
 
-``config.py`` imports this module, so this one cannot import ``config`` while loading: it has
-its own copy of the model base, and reuses config's header and env-name checks at call time.
+This module is the base of the config package: ``config_security``, ``config_usage`` and
+``config`` import it, and it imports none of them (the model base, header checks and the
+backend-reference check, given what it reads as a Protocol, live here).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,9 +31,6 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
-
-if TYPE_CHECKING:
-    from api_router.config import Config
 
 __all__ = [
     "BackendConfig",
@@ -46,6 +45,41 @@ __all__ = [
     "http_url",
     "implicit_group",
 ]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Framing and hop-by-hop headers are the router's own business; a configured copy would
+# corrupt the upstream request instead of customising it.
+_ROUTER_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
+
+
+def header_name(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise PydanticCustomError("header_name", "not a valid header name")
+    if name.lower() in _ROUTER_HEADERS:
+        raise PydanticCustomError("header_reserved", "this header is set by the router; remove it")
+    return name
+
+
+def header_value(value: str) -> str:
+    if _BAD_VALUE_CHARS.search(value):
+        raise PydanticCustomError("header_value", "header value must not contain control characters")
+    return value
+
+
+Headers = dict[Annotated[str, AfterValidator(header_name)], Annotated[str, AfterValidator(header_value)]]
 
 MiB = 1024 * 1024
 Balancing = Literal["round-robin", "least-connections"]
@@ -122,12 +156,10 @@ class BackendConfig(_Model):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        from api_router.config import _header_name, _header_value  # noqa: PLC0415 - see module docstring
-
         for name, header in value.items():
             try:
-                _header_name(name)
-                _header_value(header)
+                header_name(name)
+                header_value(header)
             except PydanticCustomError as exc:
                 raise PydanticCustomError(exc.type, "{name}: " + exc.message(), {"name": name}) from None
         return value
@@ -242,7 +274,38 @@ def _raise(title: str, problems: list[tuple[tuple[str | int, ...], str]]) -> Non
     )
 
 
-def check_backend_references(config: Config) -> None:
+class _EndpointReferences(Protocol):
+    @property
+    def backends(self) -> str | None: ...
+
+
+class _References(Protocol):
+    """What ``check_backend_references`` reads of the whole config (``config.Config``)."""
+
+    @property
+    def base_url(self) -> str | None: ...
+    @property
+    def backends(self) -> list[BackendConfig] | None: ...
+    @property
+    def backend_groups(self) -> Mapping[str, BackendGroupConfig]: ...
+    @property
+    def model_mapping(self) -> Mapping[str, str | ModelRoute]: ...
+    @property
+    def endpoints(self) -> Mapping[str, _EndpointReferences]: ...
+
+
+class _GroupDefaults(_References, Protocol):
+    """What ``implicit_group`` reads of the whole config besides the references."""
+
+    @property
+    def balancing(self) -> Balancing: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def health_check(self) -> HealthCheckConfig | None: ...
+
+
+def check_backend_references(config: _References) -> None:
     """Exactly one of baseUrl/backends; every group named by a model or endpoint exists."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     if config.base_url is None and config.backends is None:
@@ -271,7 +334,7 @@ def check_backend_references(config: Config) -> None:
         _raise("Config", problems)
 
 
-def implicit_group(config: Config) -> BackendGroupConfig:
+def implicit_group(config: _GroupDefaults) -> BackendGroupConfig:
     """The default group: ``backends`` (or the one ``baseUrl``) with the top-level settings."""
     backends = config.backends
     if backends is None:

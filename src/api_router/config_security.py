@@ -5,10 +5,8 @@ SHA-256 (``keySha256``) or as the name of an environment variable holding it (``
 at load; the plain key is never kept). ``tls`` makes the router serve HTTPS. ``limits`` bounds
 what one connection or the whole process may hold.
 
-``config.py`` imports this module, so this one cannot import ``config`` while loading: it has
-its own copy of the model base, reuses config's env-name check at call time, and at run time
-names ``RateLimitConfig`` through a stand-in that imports it when pydantic first builds
-``ClientConfig`` (deferred until then), by which time config has defined it.
+``rateLimit`` (request limits, global, per endpoint, per client) is defined here too, since a
+client carries one. ``config.py`` imports this module; it imports only ``config_backends``.
 """
 
 from __future__ import annotations
@@ -16,44 +14,65 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
-    GetCoreSchemaHandler,
     PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from api_router.config_backends import ConfigModel, env_var_name
 from api_router.core.access import AccessControl, ClientPolicy
 
-if TYPE_CHECKING:
-    from api_router.config import Config, RateLimitConfig
-else:
-
-    class RateLimitConfig:
-        """Stands in for ``config.RateLimitConfig`` (see the module docstring)."""
-
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-            from api_router.config import RateLimitConfig  # noqa: PLC0415 - see module docstring
-
-            return handler(RateLimitConfig)
-
-
-__all__ = ["ClientConfig", "Clients", "LimitsConfig", "TlsConfig", "access_control"]
+__all__ = ["ClientConfig", "Clients", "LimitsConfig", "RateLimitConfig", "TlsConfig", "access_control"]
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 _Model = ConfigModel
+NonNegative = Annotated[int, Field(ge=0)]
+
+
+class RateLimitConfig(_Model):
+    """Token bucket: ``burst`` requests at once, refilled at ``requestsPerMinute``; null = no limit."""
+
+    requests_per_minute: NonNegative | None = None
+    burst: NonNegative | None = None
+    # Backend settings below are read from the global rateLimit only (see limits.py).
+    redis: str | None = Field(default=None, repr=False)  # the URL may hold a password
+    fail_open: bool = True
+    timeout_ms: int = Field(default=50, gt=0)
+    concurrent_streams: int | None = Field(default=None, ge=1)
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        # The messages must not echo the URL: it may carry a password.
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise PydanticCustomError("redis_url", "not a valid URL") from None
+        if parts.scheme.lower() not in ("redis", "rediss"):
+            raise PydanticCustomError(
+                "redis_url", "scheme must be redis or rediss, got {scheme}", {"scheme": repr(parts.scheme)}
+            )
+        if not parts.hostname:
+            raise PydanticCustomError("redis_url", "URL has no host")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise PydanticCustomError("redis_url", "the path must be a database number, like /0")
+        return value
 
 
 def _route(path: str) -> str:
@@ -187,6 +206,6 @@ class LimitsConfig(_Model):
     body_timeout_secs: PositiveSecs = 60.0
 
 
-def access_control(config: Config) -> AccessControl:
-    """The ``AccessControl`` for ``config.clients``; disabled when there are none."""
-    return AccessControl([client.policy() for client in config.clients])
+def access_control(clients: Sequence[ClientConfig]) -> AccessControl:
+    """The ``AccessControl`` for the configured ``clients``; disabled when there are none."""
+    return AccessControl([client.policy() for client in clients])

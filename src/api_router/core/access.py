@@ -17,12 +17,19 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from api_router.errors import GatewayError
 
-if TYPE_CHECKING:
-    from api_router.config import RateLimitConfig
+
+class RequestRate(Protocol):
+    """A client's own request limit (``config_security.RateLimitConfig``); core imports no config."""
+
+    @property
+    def requests_per_minute(self) -> int | None: ...
+    @property
+    def burst(self) -> int | None: ...
+
 
 __all__ = ["AccessControl", "ClientPolicy", "Forbidden", "Unauthorized"]
 
@@ -50,7 +57,7 @@ class ClientPolicy:
     key_hash: bytes = field(repr=False)  # a digest, but there is no reason to print it
     routes: frozenset[str] | None = None
     models: frozenset[str] | None = None
-    rate_limit: RateLimitConfig | None = None
+    rate_limit: RequestRate | None = None
 
     def __post_init__(self) -> None:
         if len(self.key_hash) != hashlib.sha256().digest_size:
