@@ -20,16 +20,14 @@ from api_router.limits import (
     Decision,
     InProcessLimiter,
     Limit,
-    Limiter,
     RateLimited,
-    RedisLimiter,
     ServiceUnavailable,
     StreamSlots,
-    build_limiter,
     client_key,
     decision_error,
     resolve_limit,
 )
+from api_router.limits_redis import Limiter, RedisLimiter, build_limiter
 from tests.redis_server import REDIS_SERVER, RedisServer
 
 if TYPE_CHECKING:

@@ -23,13 +23,12 @@ from api_router.limits import (
     CONCURRENCY_LIMITED,
     InProcessLimiter,
     Limit,
-    RedisLimiter,
     StreamSlots,
-    build_limiter,
     client_key,
     decision_error,
     resolve_limit,
 )
+from api_router.limits_redis import RedisLimiter, build_limiter
 from api_router.metrics import Metrics
 from api_router.net.fetch import fetch, make_ssl_context
 from api_router.net.tasks import spawn
