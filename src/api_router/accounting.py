@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from api_router.routing import Route
 
 # Routes whose answers are model calls: others (pass-through, /v1/models) are not accounted.
-_ACCOUNTED = frozenset({RouteKind.JSON, RouteKind.MULTIPART})
+ACCOUNTED = frozenset({RouteKind.JSON, RouteKind.MULTIPART})
 
 
 class Accounted(Protocol):
@@ -64,7 +64,7 @@ class Accounting:
         return None if price is None else cost_usd(usage, price)
 
     def finished(self, exchange: Accounted) -> None:
-        if exchange.route.kind not in _ACCOUNTED:
+        if exchange.route.kind not in ACCOUNTED:
             return
         usage = exchange.usage
         model = exchange.model

@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from api_router import __version__, logs
-from api_router.accounting import Accounting
+from api_router.accounting import ACCOUNTED, Accounting
+from api_router.admin import usage_answer
 from api_router.backends import BackendSet, circuit_value
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
 from api_router.config import Config, ConfigError, RateLimitConfig
@@ -33,6 +34,8 @@ from api_router.metrics import Metrics
 from api_router.net.fetch import fetch, make_ssl_context
 from api_router.net.tasks import spawn
 from api_router.net.upstream import UpstreamPool
+from api_router.quota import MemoryQuota, Ticket
+from api_router.quota_redis import RedisQuota
 from api_router.routing import LOCAL_ROUTES, Route, Router
 
 if TYPE_CHECKING:
@@ -69,6 +72,7 @@ class App:
         self.limiter: InProcessLimiter | RedisLimiter | None = None
         self._limiter_config: RateLimitConfig | None = None
         self.stream_slots = StreamSlots()
+        self.quota: MemoryQuota | RedisQuota | None = None
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -100,6 +104,9 @@ class App:
                 spawn(self.limiter.close())
             self.limiter = build_limiter(config)
             self._limiter_config = config.rate_limit
+            if isinstance(self.limiter, RedisLimiter):
+                self.limiter.on_failure = self.metrics.limiter_failed
+        self.quota = build_quota(config, self.limiter, self.quota)
         self.max_streams = config.rate_limit.concurrent_streams if config.rate_limit else None
         tls = config.upstream_tls
         https = any(
@@ -177,7 +184,15 @@ class App:
             return "client:" + client.name
         if self.limits.get(route.path) is not None or (streaming and self.max_streams is not None):
             return client_key(headers, peer)
+        if route.kind in ACCOUNTED and self._quota().applies(
+            client.name if client else "anonymous", route.path
+        ):
+            return client_key(headers, peer)
         return None
+
+    def _quota(self) -> MemoryQuota | RedisQuota:
+        assert self.quota is not None  # set by apply
+        return self.quota
 
     def client_of(self, headers: HeaderList) -> ClientPolicy | None:
         return self.access.authenticate(headers) if self.access.enabled else None
@@ -189,10 +204,17 @@ class App:
     def admit_now(self, forwarder: Forwarder, key: str) -> GatewayError | None:
         """``admit`` for the in-process limiter: synchronous, so no task per request."""
         limit = self._limit_for(forwarder, key)
+        now = self.loop.time()
         if limit is not None and isinstance(self.limiter, InProcessLimiter):
-            decision = self.limiter.check(key, forwarder.route.path, limit, self.loop.time())
+            decision = self.limiter.check(key, forwarder.route.path, limit, now)
             if not decision.allowed:
                 return decision_error(decision)
+        quota, route = self._quota(), forwarder.route
+        if isinstance(quota, MemoryQuota) and route.kind in ACCOUNTED:
+            admitted = quota.admit_now(forwarder.client_name, key, route.path, forwarder.reserve_tokens, now)
+            if isinstance(admitted, GatewayError):
+                return admitted
+            forwarder.quota_ticket = admitted
         return self._take_stream_slot(forwarder, key)
 
     def _limit_for(self, forwarder: Forwarder, key: str) -> Limit | None:
@@ -214,6 +236,12 @@ class App:
             decision = await self.limiter.check(key, forwarder.route.path, limit)
             if not decision.allowed:
                 return decision_error(decision)
+        quota, route = self._quota(), forwarder.route
+        if isinstance(quota, RedisQuota) and route.kind in ACCOUNTED:
+            admitted = await quota.admit(forwarder.client_name, key, route.path, forwarder.reserve_tokens)
+            if isinstance(admitted, GatewayError):
+                return admitted
+            forwarder.quota_ticket = admitted
         return self._take_stream_slot(forwarder, key)
 
     def cacheable(self, body: dict[str, Any]) -> bool:
@@ -251,8 +279,20 @@ class App:
             spawn(cache.refresh_stats())
 
     def account(self, forwarder: Forwarder, outcome: str) -> None:
-        """An exchange ended: its usage is priced and counted (accounting.py)."""
+        """An exchange ended: its usage is priced and counted (accounting.py), then goes into
+        the ledger and settles its tokens-per-minute reservation (quota.py)."""
         self.accounting.finished(forwarder)
+        ticket = forwarder.quota_ticket
+        # what reached no backend (refused, or no backend up) cost nothing and is not a request
+        if forwarder.route.kind in ACCOUNTED and (ticket is not None or forwarder.backend_name is not None):
+            assert ticket is None or isinstance(ticket, Ticket)
+            self._quota().settle(
+                ticket, forwarder.client_name, forwarder.usage, forwarder.cost_usd, self.loop.time()
+            )
+
+    async def admin_usage(self, headers: HeaderList, query: bytes) -> tuple[int, bytes]:
+        """``GET /admin/usage`` (admin.py)."""
+        return await usage_answer(self.config.admin_key_hash, self._quota(), headers, query)
 
     def access_log(self, forwarder: Forwarder, outcome: str) -> None:
         logs.access_line(forwarder, outcome)
@@ -268,6 +308,7 @@ class App:
                 "backends": self.backends.snapshot(),
                 "cache": self.cache.stats() if self.cache is not None else None,
                 "rate_limit": self.limiter.snapshot() if self.limiter is not None else None,
+                "quota": self._quota().snapshot(),
                 "open_streams_by_key": len(self.stream_slots),
                 "config": self.config.source,
                 "connections": len(self.connections),
@@ -308,6 +349,16 @@ class App:
         if error is not None:
             return error.status, b"application/json", error.body(ApiFlavor.OPENAI)
         return status, content_type or b"application/json", body
+
+
+def build_quota(
+    config: Config, limiter: InProcessLimiter | RedisLimiter | None, previous: MemoryQuota | RedisQuota | None
+) -> MemoryQuota | RedisQuota:
+    """In Redis beside the request limits when they are there, else in process; an in-process
+    quota hands its ledger and buckets to the next one (a reload does not forget the spend)."""
+    if isinstance(limiter, RedisLimiter):
+        return RedisQuota(config, limiter)
+    return MemoryQuota(config, previous=previous if isinstance(previous, MemoryQuota) else None)
 
 
 def make_cache(config: CacheConfig) -> ResponseCache | None:

@@ -8,6 +8,7 @@ trust the values and never reads the environment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -191,21 +192,24 @@ class Config(_Model):
     # Token accounting (config_usage.py): ask OpenAI streams for usage; prices over the shipped table
     stream_usage: StreamUsage = "force"
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    # GET /admin/usage answers a caller with ``Authorization: Bearer $adminKeyEnv`` (quota.py)
+    admin_key_env: str | None = None
 
     _source: str = PrivateAttr(default="<dict>")
     _api_key: SecretStr | None = PrivateAttr(default=None)
     _stream_configs: dict[str, StreamConfig] = PrivateAttr(default_factory=dict)
     _default_group: BackendGroupConfig | None = PrivateAttr(default=None)
+    _admin_key_hash: bytes | None = PrivateAttr(default=None)
 
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         return None if value is None else http_url(value, "base_url")
 
-    @field_validator("api_key_env")
+    @field_validator("api_key_env", "admin_key_env")
     @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        return env_var_name(value, "api_key_env")
+    def _env_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return env_var_name(value, info.field_name or "")
 
     @field_validator("log_level")
     @classmethod
@@ -234,6 +238,13 @@ class Config(_Model):
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         key = key or os.environ.get(DEFAULT_API_KEY_ENV, "")
         self._api_key = SecretStr(key) if key else None
+        if self.admin_key_env is not None:  # hashed now, as client keys are: the key is not kept
+            admin_key = os.environ.get(self.admin_key_env, "").strip()
+            if not admin_key:
+                raise PydanticCustomError(
+                    "admin_key", "adminKeyEnv: ${env} is not set or empty", {"env": self.admin_key_env}
+                )
+            self._admin_key_hash = hashlib.sha256(admin_key.encode()).digest()
         return self
 
     @model_validator(mode="after")
@@ -255,6 +266,11 @@ class Config(_Model):
     def api_key(self) -> str | None:
         """The upstream key: ``$apiKeyEnv``, else ``$DEFAULT_API_KEY``, else None (read at load)."""
         return self._api_key.get_secret_value() if self._api_key is not None else None
+
+    @property
+    def admin_key_hash(self) -> bytes | None:
+        """The SHA-256 digest of ``$adminKeyEnv`` (read at load), None: /admin/* is off."""
+        return self._admin_key_hash
 
     def default_group(self) -> BackendGroupConfig:
         """The group for requests that name no other: ``backends`` or the one ``baseUrl``."""

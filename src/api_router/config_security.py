@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -33,7 +33,16 @@ from pydantic_core import PydanticCustomError
 from api_router.config_backends import ConfigModel, env_var_name
 from api_router.core.access import AccessControl, ClientPolicy
 
-__all__ = ["ClientConfig", "Clients", "LimitsConfig", "RateLimitConfig", "TlsConfig", "access_control"]
+__all__ = [
+    "BudgetConfig",
+    "BudgetPeriod",
+    "ClientConfig",
+    "Clients",
+    "LimitsConfig",
+    "RateLimitConfig",
+    "TlsConfig",
+    "access_control",
+]
 
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -47,6 +56,8 @@ class RateLimitConfig(_Model):
 
     requests_per_minute: NonNegative | None = None
     burst: NonNegative | None = None
+    # Tokens (input + output) per minute, a bucket of a minute's worth (quota.py); 0/null: none.
+    tokens_per_minute: NonNegative | None = None
     # Backend settings below are read from the global rateLimit only (see limits.py).
     redis: str | None = Field(default=None, repr=False)  # the URL may hold a password
     fail_open: bool = True
@@ -75,6 +86,16 @@ class RateLimitConfig(_Model):
         return value
 
 
+BudgetPeriod = Literal["day", "month", "total"]
+
+
+class BudgetConfig(_Model):
+    """What a client may spend, in US dollars, per UTC day, calendar month (UTC) or in total."""
+
+    usd: float = Field(gt=0)
+    period: BudgetPeriod = "month"
+
+
 def _route(path: str) -> str:
     if not path.startswith("/"):
         raise PydanticCustomError("route", "a route must start with '/'")
@@ -97,6 +118,7 @@ class ClientConfig(_Model):
     routes: list[Annotated[str, AfterValidator(_route)]] | None = None
     models: list[Annotated[str, AfterValidator(_model_name)]] | None = None
     rate_limit: RateLimitConfig | None = None
+    budget: BudgetConfig | None = None  # refused with insufficient_quota once spent (quota.py)
 
     _key_hash: bytes = PrivateAttr(default=b"")
 

@@ -6,7 +6,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from api_router.config import Config, RateLimitConfig
 from api_router.limits import ALLOWED, Decision, InProcessLimiter, Limit, _Stats
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["Limiter", "RedisLimiter", "build_limiter"]
 
 log = logging.getLogger("api_router.limits")
+T = TypeVar("T")
 
 
 _SCRIPT = """
@@ -36,7 +38,19 @@ local ttl = math.ceil((new_tat - now) / 1000)
 redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
 return {1, 0, ttl}
 """
-_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts so
+
+
+class Script:
+    """A Lua script and the SHA-1 Redis names it by (EVALSHA, loaded on first use)."""
+
+    __slots__ = ("sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+
+_BUCKET = Script(_SCRIPT)
 
 
 def _driver_info() -> dict[str, Any]:
@@ -100,6 +114,8 @@ class RedisLimiter:
         )
         self._redis: Redis = Redis(connection_pool=pool)
         self._pool = pool
+        # Told of every failure (True: failOpen admitted); App points it at the metrics.
+        self.on_failure: Callable[[bool], None] | None = None
 
     @classmethod
     def from_config(cls, config: RateLimitConfig) -> RedisLimiter:
@@ -113,40 +129,52 @@ class RedisLimiter:
             self._stats.count(route, True)
             return ALLOWED
         now = time.monotonic()
-        if now < self._down_until:
-            return self._backend_error(self._down_until - now)
         bucket_key = f"{self.key_prefix}{route}|{key}"
         args = (1_000_000 / limit.rate_per_sec, limit.burst, cost)
-        try:
-            async with asyncio.timeout(self.timeout):
-                allowed, retry_us, ttl_ms = await self._run(bucket_key, args)
-        except self._failures as exc:
-            self._down_until = time.monotonic() + self.retry_interval
-            log.warning("rate limiter: Redis failed (%s); failing %s", type(exc).__name__, self._mode)
-            return self._backend_error(self.retry_interval)
+        answer = await self.attempt(lambda redis: self.run_script(redis, _BUCKET, (bucket_key,), args))
+        if answer is None:
+            return self.failed_decision()
+        allowed, retry_us, ttl_ms = answer
         self._note_bucket(bucket_key, now + ttl_ms / 1000)
         self._stats.count(route, bool(allowed))
         return ALLOWED if allowed else Decision(False, retry_us / 1_000_000, "rate")
 
-    admit = check
-
-    async def _run(self, bucket_key: str, args: tuple[float, int, float]) -> list[int]:
+    async def attempt(self, call: Callable[[Redis], Awaitable[T]]) -> T | None:
+        """``call(redis)`` within ``timeout``; None when Redis gave no answer (then, for
+        ``retry_interval``, every attempt is None at once: a hung Redis costs one timeout)."""
+        if time.monotonic() < self._down_until:
+            return None
         try:
-            return await self._redis.evalsha(_SCRIPT_SHA, 1, bucket_key, *args)  # type: ignore[no-any-return]
+            async with asyncio.timeout(self.timeout):
+                return await call(self._redis)
+        except self._failures as exc:
+            self._down_until = time.monotonic() + self.retry_interval
+            log.warning("rate limiter: Redis failed (%s); failing %s", type(exc).__name__, self._mode)
+            return None
+
+    async def run_script(
+        self, redis: Redis, script: Script, keys: tuple[str, ...], args: tuple[float | int | str, ...]
+    ) -> list[Any]:
+        try:
+            return await redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
         except self._no_script:  # first use, or SCRIPT FLUSH / a restart / a failover since
-            await self._redis.script_load(_SCRIPT)
+            await redis.script_load(script.text)
             self.script_loads += 1
-            return await self._redis.evalsha(_SCRIPT_SHA, 1, bucket_key, *args)  # type: ignore[no-any-return]
+            return await redis.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-any-return]
 
     @property
     def _mode(self) -> str:
         return "open" if self.fail_open else "closed"
 
-    def _backend_error(self, retry_after: float) -> Decision:
+    def failed_decision(self) -> Decision:
+        """What a check answers when Redis did not: ``failOpen`` decides, and it is counted."""
         self.backend_errors += 1
+        if self.on_failure is not None:
+            self.on_failure(self.fail_open)
         if self.fail_open:
             return Decision(True, 0.0, "backend_error_open")
-        return Decision(False, retry_after, "backend_error_closed")
+        # Retry when Redis is next tried (decision_error rounds up to whole seconds, at least 1).
+        return Decision(False, max(0.0, self._down_until - time.monotonic()), "backend_error_closed")
 
     def _note_bucket(self, bucket_key: str, full_at: float) -> None:
         """Track this process's live buckets for /health, bounded by the same lazy sweep."""

@@ -187,6 +187,13 @@ class Metrics:
             registry=r,
         )
 
+        self.limiter_failures = Counter(
+            "ratelimit_backend_failures",
+            "Limit, budget or ledger calls Redis did not answer, by what failOpen decided",
+            ["decision"],
+            registry=r,
+        )
+
         self.failovers = Counter("backend_failovers", "Requests retried on another backend", registry=r)
         self.backend_requests = Counter(
             "backend_requests", "Exchanges per backend, by outcome", ["backend", "outcome"], registry=r
@@ -222,6 +229,10 @@ class Metrics:
         self._backend_requests[key] = self._backend_requests.get(key, 0) + 1
         _tally(self._backend_latencies, backend).add(seconds)
         self._pending()
+
+    def limiter_failed(self, admitted: bool) -> None:
+        """Redis gave no answer (rare: counted at once, not tallied)."""
+        self.limiter_failures.labels("admitted" if admitted else "refused").inc()
 
     def set_backend_state(self, backend: str, in_flight: int, healthy: bool, circuit: int) -> None:
         self.backend_in_flight.labels(backend).set(in_flight)

@@ -28,6 +28,7 @@ class RouteKind(enum.Enum):
     HEALTH = "health"
     METRICS = "metrics"
     CACHE_STATS = "cache_stats"
+    ADMIN_USAGE = "admin_usage"  # the usage ledger, for the admin key (quota.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ LOCAL_ROUTES = {
     "/health": RouteKind.HEALTH,
     "/metrics": RouteKind.METRICS,
     "/cache/stats": RouteKind.CACHE_STATS,
+    "/admin/usage": RouteKind.ADMIN_USAGE,
 }
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Headers the router sets itself for the upstream; a client's copy is dropped.

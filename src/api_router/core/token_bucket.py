@@ -46,6 +46,21 @@ class TokenBucket:
         self._tat = new_tat
         return 0.0
 
+    def spend(self, now: float, cost: float) -> float:
+        """Tokens-per-minute admission: while a token is left, take ``cost`` (the bucket may go
+        into debt: a reservation is only an estimate); else the seconds until one is back."""
+        tat = self._tat if self._tat > now else now
+        wait = tat + self._interval - now - self._tolerance
+        if wait > EPSILON:
+            return wait
+        self._tat = tat + cost * self._interval
+        return 0.0
+
+    def adjust(self, now: float, delta: float) -> None:
+        """Charge ``delta`` more tokens (a refund when negative), never above full."""
+        tat = (self._tat if self._tat > now else now) + delta * self._interval
+        self._tat = tat if tat > now else now
+
     @property
     def full_at(self) -> float:
         """When the bucket will be full again (``-inf`` if it was never used)."""

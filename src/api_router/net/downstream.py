@@ -23,6 +23,7 @@ from api_router.core.cache_key import cache_key
 from api_router.core.flow_control import QUEUE_FULL, UNREADABLE, UPSTREAM_FULL, ReadGate
 from api_router.core.http import Framing, HeaderList, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
+from api_router.core.reserve import reservation
 from api_router.errors import (
     ApiFlavor,
     BadRequest,
@@ -397,6 +398,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self._send_local(req, 200, content_type, body)
         elif route is RouteKind.CACHE_STATS:
             self._send_local(req, 200, b"application/json", self.app.cache_stats_body())
+        elif route is RouteKind.ADMIN_USAGE:
+            self._fetching = True
+            spawn(self._answer_admin_usage(req))
         elif isinstance(route, Route) and route.kind is RouteKind.MODELS:
             try:
                 self._authorize(req, route, None)
@@ -439,6 +443,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 group=group,
                 model=prepared.model,
                 strip_usage=prepared.strip_usage,
+                reserve_tokens=reservation(prepared.body, len(prepared.raw)),
             )
             return
         control = header_value(req.headers, b"cache-control") or b""
@@ -546,6 +551,7 @@ class DownstreamProtocol(asyncio.Protocol):
         x_cache: bytes | None = None,
         model: str | None = None,
         strip_usage: bool = False,
+        reserve_tokens: int = 0,
     ) -> Forwarder:
         router = self.app.router
         headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
@@ -574,6 +580,7 @@ class DownstreamProtocol(asyncio.Protocol):
             client_name=req.client_name,
             model=model,
             strip_usage=strip_usage,
+            reserve_tokens=reserve_tokens,
         )
         self.exchange = forwarder
         if route.buffer_size != self._write_limit:  # backpressure starts at the route's bufferSize
@@ -590,6 +597,14 @@ class DownstreamProtocol(asyncio.Protocol):
         if self._closed:
             return
         self._send_local(req, status, content_type, body)
+        self._dispatch()
+
+    async def _answer_admin_usage(self, req: _Request) -> None:
+        status, body = await self.app.admin_usage(req.headers, req.query)
+        self._fetching = False
+        if self._closed:
+            return
+        self._send_local(req, status, b"application/json", body)
         self._dispatch()
 
     # -- writing ------------------------------------------------------------------------

@@ -111,7 +111,9 @@ class Forwarder:
         "own_bytes",
         "published_bytes",
         "published_heartbeats",
+        "quota_ticket",
         "request_id",
+        "reserve_tokens",
         "route",
         "slot_key",
         "started_at",
@@ -145,6 +147,7 @@ class Forwarder:
         client_name: str = "anonymous",
         model: str | None = None,
         strip_usage: bool = False,
+        reserve_tokens: int = 0,
     ) -> None:
         self.app = app
         self.loop = app.loop
@@ -205,6 +208,8 @@ class Forwarder:
         self._usage_filter: UsageChunkFilter | None = None
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
+        self.reserve_tokens = reserve_tokens  # its tokens-per-minute estimate (core/reserve.py)
+        self.quota_ticket: object | None = None  # what quota.py reserved, settled at the end
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
