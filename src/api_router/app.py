@@ -37,6 +37,7 @@ from api_router.net.upstream import UpstreamPool
 from api_router.quota import MemoryQuota, Ticket
 from api_router.quota_redis import RedisQuota
 from api_router.routing import LOCAL_ROUTES, Route, Router
+from api_router.slots_redis import RedisStreamSlots
 
 if TYPE_CHECKING:
     from api_router.net.downstream import DownstreamProtocol
@@ -71,7 +72,7 @@ class App:
         self._cache_stats_at = -CACHE_STATS_EVERY_SECS  # loop time of the last Redis count
         self.limiter: InProcessLimiter | RedisLimiter | None = None
         self._limiter_config: RateLimitConfig | None = None
-        self.stream_slots = StreamSlots()
+        self.stream_slots: StreamSlots | RedisStreamSlots = StreamSlots()
         self.quota: MemoryQuota | RedisQuota | None = None
         self.apply(config)
 
@@ -104,8 +105,14 @@ class App:
                 spawn(self.limiter.close())
             self.limiter = build_limiter(config)
             self._limiter_config = config.rate_limit
+            if isinstance(self.stream_slots, RedisStreamSlots):
+                self.stream_slots.close()
+            # Streams in flight release into the new counter: harmless (an unknown key is a
+            # no-op), and their Redis leases end by themselves (slots_redis.py, rule 2).
+            self.stream_slots = StreamSlots()
             if isinstance(self.limiter, RedisLimiter):
                 self.limiter.on_failure = self.metrics.limiter_failed
+                self.stream_slots = RedisStreamSlots(self.limiter)
         self.quota = build_quota(config, self.limiter, self.quota)
         self.max_streams = config.rate_limit.concurrent_streams if config.rate_limit else None
         tls = config.upstream_tls
@@ -224,6 +231,7 @@ class App:
 
     def _take_stream_slot(self, forwarder: Forwarder, key: str) -> GatewayError | None:
         if forwarder.streaming and self.max_streams is not None:
+            assert isinstance(self.stream_slots, StreamSlots)
             if not self.stream_slots.acquire(key, self.max_streams):
                 return decision_error(CONCURRENCY_LIMITED)
             forwarder.slot_key = key
@@ -236,13 +244,19 @@ class App:
             decision = await self.limiter.check(key, forwarder.route.path, limit)
             if not decision.allowed:
                 return decision_error(decision)
+        slots = self.stream_slots
+        if forwarder.streaming and self.max_streams is not None and isinstance(slots, RedisStreamSlots):
+            refusal = await slots.acquire(key, self.max_streams)  # across replicas (slots_redis.py)
+            if refusal is not None:
+                return decision_error(refusal)
+            forwarder.slot_key = key  # released by the forwarder, whatever happens next
         quota, route = self._quota(), forwarder.route
         if isinstance(quota, RedisQuota) and route.kind in ACCOUNTED:
             admitted = await quota.admit(forwarder.client_name, key, route.path, forwarder.reserve_tokens)
             if isinstance(admitted, GatewayError):
                 return admitted
             forwarder.quota_ticket = admitted
-        return self._take_stream_slot(forwarder, key)
+        return None if isinstance(slots, RedisStreamSlots) else self._take_stream_slot(forwarder, key)
 
     def cacheable(self, body: dict[str, Any]) -> bool:
         return cacheable(body, allow_sampling=self.config.cache.cache_sampled)
@@ -283,11 +297,12 @@ class App:
         the ledger and settles its tokens-per-minute reservation (quota.py)."""
         self.accounting.finished(forwarder)
         ticket = forwarder.quota_ticket
-        # what reached no backend (refused, or no backend up) cost nothing and is not a request
-        if forwarder.route.kind in ACCOUNTED and (ticket is not None or forwarder.backend_name is not None):
+        # what reached no backend (refused, or none was up) cost nothing and is not in the ledger
+        reached = forwarder.backend_name is not None
+        if forwarder.route.kind in ACCOUNTED and (reached or ticket is not None):
             assert ticket is None or isinstance(ticket, Ticket)
             self._quota().settle(
-                ticket, forwarder.client_name, forwarder.usage, forwarder.cost_usd, self.loop.time()
+                ticket, forwarder.client_name, forwarder.usage, forwarder.cost_usd, self.loop.time(), reached
             )
 
     async def admin_usage(self, headers: HeaderList, query: bytes) -> tuple[int, bytes]:

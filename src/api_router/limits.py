@@ -12,7 +12,8 @@ Rule 4: with Redis (``limits_redis.py``), the bucket is read and written by one 
         Redis's own clock, so every process and host shares one limit exactly. When Redis fails
         or takes longer than ``timeoutMs``, ``failOpen`` admits the request, else it gets 503;
         either way the check returns in bounded time and ``backend_errors`` counts it.
-Rule 5: ``concurrentStreams`` caps open streams per client key in this process (``StreamSlots``).
+Rule 5: ``concurrentStreams`` caps open streams per client key: in this process (``StreamSlots``),
+        or with Redis across every router (``slots_redis.py``).
 """
 
 from __future__ import annotations

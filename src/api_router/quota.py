@@ -215,9 +215,18 @@ class MemoryQuota(QuotaRules):
         return bucket
 
     def settle(
-        self, ticket: Ticket | None, client: str, usage: Usage | None, cost: float | None, now: float
+        self,
+        ticket: Ticket | None,
+        client: str,
+        usage: Usage | None,
+        cost: float | None,
+        now: float,
+        record: bool = True,
     ) -> None:
-        self.ledger.record(client, usage, cost, time.time())
+        """The answer ended: into the ledger if it ``record``s (it reached a backend), and its
+        reservation reconciled."""
+        if record:
+            self.ledger.record(client, usage, cost, time.time())
         if ticket is not None:
             used = usage.input + usage.output if usage is not None else 0
             bucket = self._buckets.get((ticket.key, ticket.route))

@@ -104,19 +104,25 @@ class RedisQuota(QuotaRules):
         )
 
     def settle(
-        self, ticket: Ticket | None, client: str, usage: Usage | None, cost: float | None, now: float
+        self,
+        ticket: Ticket | None,
+        client: str,
+        usage: Usage | None,
+        cost: float | None,
+        now: float,
+        record: bool = True,
     ) -> None:
         """Written in the background: the answer has ended, nothing waits for Redis."""
-        spawn(self._settle(ticket, client, usage, cost))
+        spawn(self._settle(ticket, client, usage, cost, record))
 
     async def _settle(
-        self, ticket: Ticket | None, client: str, usage: Usage | None, cost: float | None
+        self, ticket: Ticket | None, client: str, usage: Usage | None, cost: float | None, record: bool
     ) -> None:
         epoch = time.time()
         figures = Spend().plus(usage, cost)
         keys = [(period, self.ledger_key(period, client, epoch)) for period in PERIODS]
 
-        async def record(redis: Redis) -> list[Any]:
+        async def write(redis: Redis) -> list[Any]:
             pipe = redis.pipeline(transaction=True)
             for period, name in keys:
                 for field, value in zip(Spend._fields[:-1], figures[:-1], strict=True):
@@ -127,7 +133,7 @@ class RedisQuota(QuotaRules):
                     pipe.expire(name, _KEEP[period])
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        if await self.limiter.attempt(record) is None:
+        if record and await self.limiter.attempt(write) is None:
             self.ledger_failures += 1
             self.limiter.failed_decision()  # counted like any other failure; nothing to refuse
         if ticket is not None:

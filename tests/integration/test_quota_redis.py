@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import chat
 from tests.integration.test_quota import ADMIN_KEY, _chat, client_config
 from tests.integration.test_rate_limits import needs_redis
 from tests.integration.test_streaming import wait_for
@@ -89,3 +90,37 @@ def test_redis_down_the_budget_check_fails_open_or_closed_and_is_counted(upstrea
             assert ledger.status_code == 503 and ledger.json()["error"]["code"] == "ledger_unavailable"
             with contextlib.suppress(Exception):
                 redis.stop()
+
+
+@needs_redis
+def test_concurrent_streams_hold_across_two_routers(upstream):
+    with RedisServer() as redis:
+        config = {
+            "baseUrl": upstream.url,
+            "rateLimit": {"redis": redis.url, "timeoutMs": 2000, "concurrentStreams": 1},
+        }
+        body = chat({"tokens": 200, "interval_ms": 20})
+        headers = {"authorization": "Bearer k"}
+        with RouterProcess(config) as one, RouterProcess(config) as two:
+            with httpx.stream("POST", one.url + "/v1/chat/completions", json=body, headers=headers) as first:
+                assert first.status_code == 200
+                lines = first.iter_lines()  # kept: a dropped generator closes the response
+                next(lines)
+                second = httpx.post(two.url + "/v1/chat/completions", json=body, headers=headers)
+                assert second.status_code == 429
+                assert "concurrent streams" in second.json()["error"]["message"]
+                other_key = {"authorization": "Bearer someone-else"}
+                with httpx.stream(
+                    "POST", two.url + "/v1/chat/completions", json=body, headers=other_key
+                ) as third:
+                    assert third.status_code == 200
+            # the first stream is gone (the client left): its slot is freed in Redis for both routers
+            wait_for(
+                lambda: (
+                    httpx.post(
+                        two.url + "/v1/chat/completions", json=chat({"tokens": 2}), headers=headers
+                    ).status_code
+                    == 200
+                ),
+                what="the slot released",
+            )
