@@ -38,6 +38,7 @@ from api_router.quota import MemoryQuota, Ticket
 from api_router.quota_redis import RedisQuota
 from api_router.routing import LOCAL_ROUTES, Route, Router
 from api_router.slots_redis import RedisStreamSlots
+from api_router.tracing import Tracing, end_span
 
 if TYPE_CHECKING:
     from api_router.net.downstream import DownstreamProtocol
@@ -74,6 +75,7 @@ class App:
         self._limiter_config: RateLimitConfig | None = None
         self.stream_slots: StreamSlots | RedisStreamSlots = StreamSlots()
         self.quota: MemoryQuota | RedisQuota | None = None
+        self.tracing: Tracing | None = None
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -114,6 +116,10 @@ class App:
                 self.limiter.on_failure = self.metrics.limiter_failed
                 self.stream_slots = RedisStreamSlots(self.limiter)
         self.quota = build_quota(config, self.limiter, self.quota)
+        if self.tracing is None or self.tracing.config != config.telemetry:
+            if self.tracing is not None:  # flushing blocks: off the loop
+                self.loop.run_in_executor(None, self.tracing.shutdown)
+            self.tracing = Tracing(config.telemetry) if config.telemetry is not None else None
         self.max_streams = config.rate_limit.concurrent_streams if config.rate_limit else None
         tls = config.upstream_tls
         https = any(
@@ -172,6 +178,8 @@ class App:
             protocol.shut_down()
         self.backends.stop()
         self.pool.close_all()
+        if self.tracing is not None:  # the last spans go out before the process exits
+            await self.loop.run_in_executor(None, self.tracing.shutdown)
         self.metrics.flush()  # a worker's last tallies (the multiprocess files outlive it)
 
     def connection_opened(self, protocol: DownstreamProtocol) -> None:
@@ -296,6 +304,10 @@ class App:
         """An exchange ended: its usage is priced and counted (accounting.py), then goes into
         the ledger and settles its tokens-per-minute reservation (quota.py)."""
         self.accounting.finished(forwarder)
+        if forwarder.span is not None:
+            end_span(forwarder, outcome, None) if self.tracing is None else self.tracing.finish(
+                forwarder, outcome
+            )
         ticket = forwarder.quota_ticket
         # what reached no backend (refused, or none was up) cost nothing and is not in the ledger
         reached = forwarder.backend_name is not None

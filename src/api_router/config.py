@@ -33,6 +33,7 @@ from api_router.config_backends import (
     BackendGroupConfig,
     Balancing,
     CacheConfig,
+    ConfigError,
     ConfigModel,
     Headers,
     HealthCheckConfig,
@@ -46,6 +47,7 @@ from api_router.config_backends import (
     implicit_group,
 )
 from api_router.config_security import Clients, LimitsConfig, RateLimitConfig, TlsConfig
+from api_router.config_telemetry import TelemetryConfig
 from api_router.config_usage import PriceConfig, StreamUsage
 
 __all__ = [
@@ -192,8 +194,8 @@ class Config(_Model):
     # Token accounting (config_usage.py): ask OpenAI streams for usage; prices over the shipped table
     stream_usage: StreamUsage = "force"
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
-    # GET /admin/usage answers a caller with ``Authorization: Bearer $adminKeyEnv`` (quota.py)
-    admin_key_env: str | None = None
+    admin_key_env: str | None = None  # GET /admin/usage's key: ``Bearer $adminKeyEnv`` (admin.py)
+    telemetry: TelemetryConfig | None = None  # OpenTelemetry traces (tracing.py); null: off
 
     _source: str = PrivateAttr(default="<dict>")
     _api_key: SecretStr | None = PrivateAttr(default=None)
@@ -290,16 +292,6 @@ class Config(_Model):
     def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
         """A re-validated copy with snake_case ``overrides`` applied (e.g. the mock's real baseUrl)."""
         return from_dict(self.model_dump(by_alias=True, exclude_unset=True), self.source, overrides)
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; ``str()`` has one ``source: field.path: problem`` line per error."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        self.source = source
-        self.problems = problems  # (dotted JSON field path or "", message)
-        lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
-        super().__init__("\n".join(lines))
 
 
 def _apply_overrides(

@@ -105,6 +105,16 @@ _Model = ConfigModel
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` has one ``source: field.path: problem`` line per error."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems  # (dotted JSON field path or "", message)
+        lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
+        super().__init__("\n".join(lines))
+
+
 def env_var_name(value: str | None, error_type: str) -> str | None:
     """An ``…Env`` field names a variable; the message never echoes a key pasted in by mistake."""
     if value is not None and not ENV_NAME.fullmatch(value):

@@ -556,6 +556,10 @@ class DownstreamProtocol(asyncio.Protocol):
         router = self.app.router
         headers, query, request_id, peer = req.headers, req.query, req.request_id, self.peer
         self.close_after = not req.keep_alive
+        tracing, span = self.app.tracing, None
+        if tracing is not None:  # its traceparent goes into headers, so upstream (tracing.py)
+            mapped = self.app.config.mapped_model(model) if model is not None else None
+            span = tracing.start(route.path, route.flavor.value, model, mapped, headers, req.started_at)
 
         def head(target: Target, body_length: int | None) -> bytes:
             return router.upstream_head(
@@ -581,6 +585,7 @@ class DownstreamProtocol(asyncio.Protocol):
             model=model,
             strip_usage=strip_usage,
             reserve_tokens=reserve_tokens,
+            span=span,
         )
         self.exchange = forwarder
         if route.buffer_size != self._write_limit:  # backpressure starts at the route's bufferSize

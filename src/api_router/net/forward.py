@@ -116,6 +116,7 @@ class Forwarder:
         "reserve_tokens",
         "route",
         "slot_key",
+        "span",
         "started_at",
         "state",
         "status",
@@ -148,6 +149,7 @@ class Forwarder:
         model: str | None = None,
         strip_usage: bool = False,
         reserve_tokens: int = 0,
+        span: object | None = None,
     ) -> None:
         self.app = app
         self.loop = app.loop
@@ -210,6 +212,7 @@ class Forwarder:
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
         self.reserve_tokens = reserve_tokens  # its tokens-per-minute estimate (core/reserve.py)
         self.quota_ticket: object | None = None  # what quota.py reserved, settled at the end
+        self.span: Any = span  # its OpenTelemetry span (tracing.py), ended by App.account
 
     # -- request side -------------------------------------------------------------------
     def start(self) -> None:
