@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency of the router
 HERE = Path(__file__).resolve().parent
 FD_MARGIN = 256  # descriptors a proxy needs besides two per stream
 IDLE_CPU_S = 0.02  # a proxy that used at most this much CPU in 0.5 s is idle
-ROUTER_TARGETS = ("direct", "router", "router+features", "router-2w")
+ROUTER_TARGETS = ("direct", "router", "router+features", "router+traces", "router-2w")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--litellm-hold", type=int, default=FULL.litellm_hold, help="most streams LiteLLM holds in 4 (1000)"
+    )
+    ap.add_argument(
+        "--traces", action="store_true", help="workload 7 also with OpenTelemetry traces on (to a sink)"
     )
     ap.add_argument("--results-dir", type=Path, default=HERE / "results", help="where the JSON goes")
     ap.add_argument("--markdown", type=Path, help="also write the machine line and tables to this file")
@@ -87,6 +90,7 @@ class Bench:
         self.live: dict[str, Target] = {}
         self.work: Workloads | None = None
         self.proxies = ["router"]
+        self.traces = bool(args.traces)
         if not args.no_nginx:
             if nginx_available():
                 self.proxies.append("nginx")
@@ -97,7 +101,7 @@ class Bench:
 
     def targets_for(self, workload: str, rep: int) -> list[str]:
         if workload == "features":
-            return ["router+features"]
+            return ["router+features", *(["router+traces"] if self.traces else [])]
         if workload == "workers":
             return ["router-2w"]
         names = list(self.proxies) if workload in FRESH else ["direct", *self.proxies]

@@ -41,8 +41,10 @@ def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) ->
     if name == "nginx":
         target = fleet.start_nginx(name, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
     else:
-        features = name == "router+features"
-        target = fleet.start_router(name, features, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
+        features = name in ("router+features", "router+traces")
+        target = fleet.start_router(
+            name, features, wrapper=wrapper, ready_timeout=VALGRIND_READY_S, traces=name == "router+traces"
+        )
     assert target.pid is not None
     run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm")
     _control(target.pid, "-i", "on")
@@ -65,12 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=5, help="token events per request (default 5)")
     ap.add_argument("--warmup", type=int, default=50, help="requests before counting starts (default 50)")
     ap.add_argument("--features", action="store_true", help="also the router with every feature on")
+    ap.add_argument("--traces", action="store_true", help="also every feature on plus OpenTelemetry traces")
     ap.add_argument("--nginx", action="store_true", help="also nginx (one worker, no master)")
     args = ap.parse_args(argv)
     if not valgrind_available():
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
-    names = ["router", *(["router+features"] if args.features else [])]
+    names = [
+        "router",
+        *(["router+features"] if args.features else []),
+        *(["router+traces"] if args.traces else []),
+    ]
     if args.nginx:
         if not nginx_available():
             print("nginx is not installed: apt-get install -y nginx-light", file=sys.stderr)

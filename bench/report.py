@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.targets import LITELLM_VENV, NGINX_BIN, nginx_available
 
-TARGET_ORDER = ("direct", "router", "router+features", "router-2w", "nginx", "litellm")
+TARGET_ORDER = ("direct", "router", "router+features", "router+traces", "router-2w", "nginx", "litellm")
 RATIO, MINUS_DIRECT = "ratio", "minus_direct"
 # workload -> columns (figure key, header, kind): kind "" = the median, "ratio" = the median
 # and its ratio to nginx's, "minus_direct" = the median minus the direct run's median
@@ -184,6 +184,16 @@ def checks(res: Results) -> list[Check]:
         _ratio(m("features", "router+features", "cpu_us_per_event"), m("chunk", "nginx", "cpu_us_per_event")),
         "≤ 1.0x",
         lambda v: v <= 1.0,
+        "x",
+    )
+    add(
+        "CPU/event, traces on ÷ features on",
+        _ratio(
+            m("features", "router+traces", "cpu_us_per_event"),
+            m("features", "router+features", "cpu_us_per_event"),
+        ),
+        "≤ 1.05x",
+        lambda v: v <= 1.05,
         "x",
     )
     add(

@@ -150,9 +150,10 @@ class Service:
         self.log.close()
 
 
-def router_config(upstream_port: int, features: bool) -> dict[str, object]:
+def router_config(upstream_port: int, features: bool, otlp_port: int | None = None) -> dict[str, object]:
     """The router's config: plain (warnings only), or every feature on (access log at info,
-    model mapping; metrics are always collected). Both without the per-process stream caps."""
+    model mapping; metrics are always collected), and with ``otlp_port`` traces to that sink
+    too. All without the per-process stream caps."""
     config: dict[str, object] = {
         "baseUrl": f"http://127.0.0.1:{upstream_port}",
         "streamConfig": {"bufferSize": 8192, "heartbeatIntervalSecs": 30},
@@ -162,6 +163,8 @@ def router_config(upstream_port: int, features: bool) -> dict[str, object]:
     }
     if features:
         config.update(logLevel="info", logFormat="text", modelMapping={BENCH_MODEL: MOCK_MODEL})
+    if otlp_port is not None:
+        config["telemetry"] = {"otlpEndpoint": f"http://127.0.0.1:{otlp_port}"}
     return config
 
 
@@ -248,6 +251,14 @@ class Fleet:
         svc.port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
         return Target("pump", "127.0.0.1", svc.port, svc.pid)
 
+    def start_otlp_sink(self) -> int:
+        """bench.otlp_sink, once per fleet: where the traced router sends its spans."""
+        if "otlp-sink" not in self.services:
+            sink = Path(__file__).with_name("otlp_sink.py")
+            svc = self._add(Service("otlp-sink", [sys.executable, str(sink)], self.dir))
+            svc.port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
+        return self.services["otlp-sink"].port
+
     def start_router(
         self,
         name: str = "router",
@@ -255,10 +266,12 @@ class Fleet:
         workers: int = 1,
         wrapper: tuple[str, ...] = (),
         ready_timeout: float = READY_TIMEOUT_S,
+        traces: bool = False,
     ) -> Target:
         """``wrapper``: a command the router runs under (valgrind, for bench.instructions)."""
         path = self.dir / f"{name}.json"
-        path.write_text(json.dumps(router_config(self.upstream_port, features)))
+        otlp_port = self.start_otlp_sink() if traces else None
+        path.write_text(json.dumps(router_config(self.upstream_port, features, otlp_port)))
         exe = Path(sys.executable).parent / "api-router"
         argv = [str(exe), "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
         argv += ["--workers", str(workers)] if workers > 1 else []
@@ -307,6 +320,8 @@ class Fleet:
             return self.start_router()
         if name == "router+features":
             return self.start_router(name, features=True)
+        if name == "router+traces":
+            return self.start_router(name, features=True, traces=True)
         if name == "router-2w":
             return self.start_router(name, workers=2)
         if name == "nginx":
