@@ -131,7 +131,7 @@ class RedisQuota(QuotaRules):
                 pipe.hincrbyfloat(name, "cost_usd", figures.cost_usd)
                 if period in _KEEP:
                     pipe.expire(name, _KEEP[period])
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
 
         if record and await self.limiter.attempt(write) is None:
             self.ledger_failures += 1
@@ -153,7 +153,7 @@ class RedisQuota(QuotaRules):
             pipe = redis.pipeline(transaction=False)
             for name in names:
                 pipe.hgetall(name)
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
 
         answer = await self.limiter.attempt(read)
         if answer is None:

@@ -99,7 +99,7 @@ class RedisStreamSlots:
 
     async def _remove(self, key: str, member: str) -> None:
         async def remove(redis: Redis) -> int:
-            return await redis.zrem(self.prefix + key, member)  # type: ignore[no-any-return]
+            return await redis.zrem(self.prefix + key, member)
 
         await self.limiter.attempt(remove)  # lost: the lease ends it (rule 2)
 
