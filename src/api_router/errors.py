@@ -28,6 +28,13 @@ import json
 class ApiFlavor(enum.Enum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # OpenAI's Responses API: errors as OpenAI's, but a stream's error event is its own type
+    RESPONSES = "responses"
+
+    @property
+    def system(self) -> str:
+        """The provider API, as the GenAI conventions name it (``gen_ai.system``)."""
+        return "anthropic" if self is ApiFlavor.ANTHROPIC else "openai"
 
 
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
@@ -67,7 +74,13 @@ class GatewayError(Exception):
         return json.dumps(self.payload(flavor), separators=(",", ":")).encode()
 
     def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
-        """One complete SSE ``error`` event; both SDKs raise on it."""
+        """One complete SSE ``error`` event; both SDKs raise on it, except on the Responses API,
+        whose streams end with an ``error`` event of that API's own shape (the SDK yields it as
+        ``ResponseErrorEvent``). It has no ``sequence_number``: the router does not count the
+        upstream's events (that would cost a parse per event), and a made-up one would lie."""
+        if flavor is ApiFlavor.RESPONSES:
+            event = {"type": "error", "code": self.code, "message": self.message, "param": None}
+            return b"event: error\ndata: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
         return b"event: error\ndata: " + self.body(flavor) + b"\n\n"
 
     def __repr__(self) -> str:

@@ -559,7 +559,7 @@ class DownstreamProtocol(asyncio.Protocol):
         tracing, span = self.app.tracing, None
         if tracing is not None:  # its traceparent goes into headers, so upstream (tracing.py)
             mapped = self.app.config.mapped_model(model) if model is not None else None
-            span = tracing.start(route.path, route.flavor.value, model, mapped, headers, req.started_at)
+            span = tracing.start(route.path, route.flavor.system, model, mapped, headers, req.started_at)
 
         def head(target: Target, body_length: int | None) -> bytes:
             return router.upstream_head(
