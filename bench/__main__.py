@@ -22,6 +22,7 @@ from bench import report
 from bench.measure import ProcTree
 from bench.targets import NGINX_HINT, Fleet, Target, nginx_available, raise_fd_limit
 from bench.workloads import ALL, FRESH, FULL, SMOKE, STEADY, Outcome, Sizes, Upstream, Workloads
+from bench.wrk import WRK, WRK_HINT
 
 try:
     import uvloop
@@ -104,6 +105,10 @@ class Bench:
             return ["router+features", *(["router+traces"] if self.traces else [])]
         if workload == "workers":
             return ["router-2w"]
+        if workload == "rps":  # the access line's cost is part of what it measures
+            names = ["direct", "router", "router+features", *self.proxies[1:]]
+            k = rep % len(names)
+            return names[k:] + names[:k]
         names = list(self.proxies) if workload in FRESH else ["direct", *self.proxies]
         k = rep % len(names)
         return names[k:] + names[:k]  # rotate, so that no target always runs first
@@ -138,6 +143,9 @@ class Bench:
         upstream = Upstream(self.live["direct"])
         self.work = work = Workloads(self.sizes, upstream)
         steady = [w for w in STEADY if w in wl]
+        if "rps" in steady and WRK is None:
+            print(WRK_HINT, flush=True)
+            steady.remove("rps")
         if steady:
             for name in {t for w in steady for t in self.targets_for(w, 0)} - {"direct"}:
                 self.live[name] = self.fleet.start(name)

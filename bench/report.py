@@ -61,6 +61,13 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("never_closed", "never closed", ""),
     ],
 }
+COLUMNS["rps"] = [
+    ("requests_per_s", "requests/s", RATIO),
+    ("cpu_us_per_request", "CPU µs/request", RATIO),
+    ("p50_ms", "latency p50 ms", ""),
+    ("p50_ms", "p50 added ms", MINUS_DIRECT),
+    ("p99_ms", "p99 added ms", MINUS_DIRECT),
+]
 COLUMNS["features"] = COLUMNS["chunk"]
 COLUMNS["workers"] = COLUMNS["chunk"]
 TITLES = {
@@ -74,6 +81,8 @@ TITLES = {
     "disconnect": "6. disconnect: {disconnect_streams} streams closed after {disconnect_after} events",
     "features": "7. per-event cost, router with every feature on (ratio to nginx's run of 1.)",
     "workers": "8. per-event cost, router with --workers 2 (ratio to nginx's run of 1.; {cpus} CPUs)",
+    "rps": "9. requests/s: non-streamed chat completions ({rps_tokens} tokens), wrk at 64 connections"
+    " for {rps_seconds:g} s (router+features: access line at info)",
 }
 BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from
 
@@ -194,6 +203,13 @@ def checks(res: Results) -> list[Check]:
         ),
         "≤ 1.05x",
         lambda v: v <= 1.05,
+        "x",
+    )
+    add(
+        "CPU/request (rps), router+features ÷ nginx",
+        _ratio(m("rps", "router+features", "cpu_us_per_request"), m("rps", "nginx", "cpu_us_per_request")),
+        "≤ 1.5x",
+        lambda v: v <= 1.5,
         "x",
     )
     add(

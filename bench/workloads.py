@@ -18,7 +18,8 @@ from typing import Any
 from bench.loadgen import run_load
 from bench.measure import pct
 from bench.spec import LoadSpec, Shape
-from bench.targets import Target
+from bench.targets import BENCH_MODEL, Target
+from bench.wrk import run_wrk
 
 Figures = dict[str, Any]
 Outcome = tuple[Figures, dict[str, Any]]
@@ -46,6 +47,8 @@ class Sizes:
     disconnect_after: int = 3
     disconnect_tokens: int = 200
     disconnect_interval_ms: float = 50.0
+    rps_seconds: float = 10.0  # workload 9: wrk's run length
+    rps_tokens: int = 5
     settle_s: float = 15.0  # how long the upstream may take to see every stream end
     timeout_s: float = 180.0  # bound for any one run
     litellm_scale: float = 0.1  # LiteLLM forwards ~1000 events/s here: fewer events per stream in 1, 2
@@ -66,11 +69,12 @@ SMOKE = Sizes(
     slow_payload=16384,
     slow_seconds=1.0,
     disconnect_streams=5,
+    rps_seconds=1.0,
     timeout_s=30.0,
 )
 
 # long-lived proxies, interleaved per rep
-STEADY = ("chunk", "features", "workers", "paced", "ttft", "disconnect")
+STEADY = ("chunk", "features", "workers", "paced", "ttft", "disconnect", "rps")
 FRESH = ("hold", "slow")  # the proxy is started fresh before each run and stopped after it
 ALL = (*STEADY, *FRESH)
 
@@ -179,6 +183,7 @@ class Workloads:
             "ttft": self.ttft,
             "disconnect": self.disconnect,
             "slow": self.slow,
+            "rps": self.rps,
         }[name]
 
     async def chunk(self, target: Target) -> Outcome:
@@ -245,6 +250,26 @@ class Workloads:
             return None if v is None else round(v * 1000, 3)
 
         return {"close_p50_ms": ms(50), "close_p99_ms": ms(99), "never_closed": never}, report
+
+    async def rps(self, target: Target) -> Outcome:
+        """9: non-streamed chat completions at 64 connections, driven by wrk (bench/wrk.py)."""
+        z = self.sizes
+        await self.upstream.reset()
+        result = await run_wrk(target, BENCH_MODEL, z.rps_tokens, z.rps_seconds)
+        requests, failed = result["requests"], result["socket_errors"] + result["non_2xx"]
+        cpu = result["cpu_s"]
+        report = {
+            "failed": failed,
+            "errors": {"socket": result["socket_errors"], "non_2xx": result["non_2xx"]} if failed else {},
+            "first_errors": [],
+            "wrk": result,
+        }
+        return {
+            "requests_per_s": round(requests / (result["duration_us"] / 1e6)),
+            "cpu_us_per_request": None if cpu is None else round(cpu * 1e6 / max(1, requests), 1),
+            "p50_ms": round(result["p50_us"] / 1000, 3),
+            "p99_ms": round(result["p99_us"] / 1000, 3),
+        }, report
 
     async def hold(self, target: Target, streams: int) -> Outcome:
         """4: N streams held open, one event every 2 s: RSS per stream (start the proxy fresh)."""
