@@ -181,6 +181,7 @@ class App:
         if self.tracing is not None:  # the last spans go out before the process exits
             await self.loop.run_in_executor(None, self.tracing.shutdown)
         self.metrics.flush()  # a worker's last tallies (the multiprocess files outlive it)
+        logs.flush()  # the last access lines
 
     def connection_opened(self, protocol: DownstreamProtocol) -> None:
         self.connections.add(protocol)

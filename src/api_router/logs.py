@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+from api_router.access_log import AccessWriter
 
 if TYPE_CHECKING:
     from api_router.net.forward import Forwarder
 
 access = logging.getLogger("api_router.access")
 log = logging.getLogger("api_router")
+writer: AccessWriter | None = None  # access_log.py: set by configure
+
+
+class _Handler(logging.StreamHandler[IO[str]]):
+    """stderr, where buffered access lines go out before any other line (access_log.py, rule 3)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if writer is not None:
+            writer.flush()
+        super().emit(record)
 
 
 def _process(record: logging.LogRecord, supervisor_pid: int) -> str:
@@ -61,12 +74,32 @@ class TextFormatter(logging.Formatter):
 def configure(level: str, fmt: str, supervisor_pid: int | None = None) -> None:
     """``supervisor_pid`` (``--workers``): each line names its process, supervisor or worker, and pid;
     records carry the pid of the process that made them, so forked workers need no new set-up."""
-    handler = logging.StreamHandler(sys.stderr)
+    global writer
+    if writer is not None:
+        writer.flush()
+    handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter(supervisor_pid) if fmt == "json" else TextFormatter(supervisor_pid))
     root = logging.getLogger("api_router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    writer = AccessWriter(handler, fmt, supervisor_pid)
+
+
+def flush() -> None:
+    """Write out buffered access lines now (the end of a drain, the process's exit)."""
+    if writer is not None:
+        writer.flush()
+
+
+atexit.register(flush)
+
+
+def _write_access(fields: dict[str, Any]) -> None:
+    if writer is not None and writer.usable(access):
+        writer.write(fields)
+    else:  # logging configured some other way (access_log.py, rule 2)
+        access.info("request", extra={"fields": fields})
 
 
 def access_line(forwarder: Forwarder, outcome: str) -> None:
@@ -97,7 +130,7 @@ def access_line(forwarder: Forwarder, outcome: str) -> None:
     }
     if usage is not None and usage.estimated:
         fields["usage_estimated"] = True
-    access.info("request", extra={"fields": fields})
+    _write_access(fields)
 
 
 def local_access_line(
@@ -117,4 +150,4 @@ def local_access_line(
         "outcome": outcome,
         "stream": False,
     }
-    access.info("request", extra={"fields": fields})
+    _write_access(fields)
