@@ -38,7 +38,7 @@ class ApiFlavor(enum.Enum):
 
 
 # Anthropic's error types by HTTP status (https://docs.anthropic.com/en/api/errors).
-_ANTHROPIC_TYPES = {
+ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -49,6 +49,7 @@ _ANTHROPIC_TYPES = {
     502: "api_error",
     503: "overloaded_error",
     504: "api_error",
+    529: "overloaded_error",
 }
 
 
@@ -66,7 +67,7 @@ class GatewayError(Exception):
 
     def payload(self, flavor: ApiFlavor) -> dict[str, object]:
         if flavor is ApiFlavor.ANTHROPIC:
-            kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
+            kind = ANTHROPIC_TYPES.get(self.status, "api_error")
             return {"type": "error", "error": {"type": kind, "message": self.message}}
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
 

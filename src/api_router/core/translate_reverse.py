@@ -15,18 +15,9 @@ import json
 from typing import Any
 
 from api_router.core.translate import FINISH_REASONS, Translated, TranslationError
+from api_router.errors import ANTHROPIC_TYPES
 
 _DROPPED = ("top_k", "thinking", "service_tier", "container", "mcp_servers")
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 
 
 def anthropic_to_openai(body: dict[str, Any], model: str | None = None) -> Translated:
@@ -180,5 +171,5 @@ def openai_completion_to_anthropic(completion: dict[str, Any], model: str) -> di
 def openai_error_to_anthropic(body: Any, status: int) -> dict[str, Any]:
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    kind = _ANTHROPIC_TYPES.get(status, "api_error")
+    kind = ANTHROPIC_TYPES.get(status, "api_error")
     return {"type": "error", "error": {"type": kind, "message": str(message or f"upstream error {status}")}}
