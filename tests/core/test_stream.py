@@ -306,7 +306,7 @@ def test_proxy_output_has_the_same_events(
     if fail:
         ending = state.upstream_failed(BROKEN)
         out.append(ending.trailer)
-        expected.append(("error", BROKEN.body(flavor).decode()))
+        expected.append(("error", BROKEN.sse_event(flavor).split(b"data: ", 1)[1].strip().decode()))
     else:
         assert state.upstream_finished(True).reason == "completed"
     assert reference_events(b"".join(out)) == expected
