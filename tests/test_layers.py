@@ -5,7 +5,7 @@ Layers, bottom up: a module imports only modules of its own layer or of the laye
 (peers within a layer may import each other, but never in a circle):
 
     errors → core/ → config_backends → config_security, config_usage, config_telemetry
-    → config → routing → records (logs, metrics, cache) → net/ → features → app
+    → config → routing, targets → records (logs, metrics, cache) → net/ → features → app
     → server, supervisor → cli
 
 net/ reaches what sits above it (the app, backend groups, stream slots, tracing) only through
@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("api_router.config_security", "api_router.config_usage", "api_router.config_telemetry"),
     ),
     ("config", ("api_router.config", "api_router.config_schema")),
-    ("routing", ("api_router.routing",)),
+    ("routing", ("api_router.targets", "api_router.routing")),
     ("records", ("api_router.logs", "api_router.metrics", "api_router.cache")),
     ("net", ("api_router.net",)),
     (
@@ -68,6 +68,17 @@ def layer_of(module: str) -> int:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
                 best, found = len(prefix), index
     return found
+
+
+# The 400-line rule (STYLE.md): one module owns one thing. These are still over it and owed a
+# split (the layers issue); the list can only shrink, and each may not grow.
+MAX_LINES = 400
+STILL_OVERSIZED = {
+    "api_router.net.downstream": 800,
+    "api_router.net.forward": 716,
+    "api_router.mock_upstream": 492,
+    "api_router.mock_upstream_shapes": 430,
+}
 
 
 def module_name(path: Path) -> str:
@@ -170,3 +181,12 @@ def test_net_reaches_the_app_and_backends_only_through_its_ports():
 def test_no_import_circle():
     found = circles(import_graph())
     assert not found, f"import circles: {found}"
+
+
+def test_no_module_over_400_lines_but_those_owed():
+    wrong = []
+    for path in (SRC / PACKAGE).rglob("*.py"):
+        name, lines = module_name(path), len(path.read_text().splitlines())
+        if lines > STILL_OVERSIZED.get(name, MAX_LINES):
+            wrong.append(f"{name}: {lines} lines (at most {STILL_OVERSIZED.get(name, MAX_LINES)})")
+    assert not wrong, "\n".join(wrong)

@@ -36,7 +36,8 @@ from api_router.errors import (
 )
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
-from api_router.routing import Route, RouteKind, Target
+from api_router.routing import Route, RouteKind
+from api_router.targets import Target
 
 if TYPE_CHECKING:
     from api_router.net.ports import BackendGroup, Gateway

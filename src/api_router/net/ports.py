@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from api_router.errors import ApiFlavor, GatewayError
     from api_router.metrics import Metrics
     from api_router.net.upstream import UpstreamPool
-    from api_router.routing import Route, Router, Target
+    from api_router.routing import Route, Router
+    from api_router.targets import Target
 
 
 class Exchange(Protocol):
