@@ -32,6 +32,7 @@ COMPILED = [
     "src/api_router/net/forward.py",
     "src/api_router/net/upstream.py",
     "src/api_router/routing.py",
+    "src/api_router/targets.py",
 ]
 
 

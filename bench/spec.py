@@ -11,7 +11,7 @@ GOOD = ("ok", "aborted", "cut")  # outcomes that are not failures
 
 @dataclass(frozen=True)
 class Shape:
-    """The stream the mock upstream is asked for (see api_router.mock_upstream)."""
+    """The stream the mock upstream is asked for (see api_router.mock)."""
 
     tokens: int
     interval_ms: float = 0.0

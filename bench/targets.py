@@ -237,7 +237,7 @@ class Fleet:
         atexit.register(self.close)
 
     def start_mock(self) -> Target:
-        argv = [sys.executable, "-m", "api_router.mock_upstream", "--port", "0"]
+        argv = [sys.executable, "-m", "api_router.mock", "--port", "0"]
         svc = self._add(Service("mock", argv, self.dir))
         self.upstream_port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
         svc.port = self.upstream_port

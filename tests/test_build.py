@@ -23,6 +23,7 @@ COMPILED = [
     "api_router.net.forward",
     "api_router.net.upstream",
     "api_router.routing",
+    "api_router.targets",
 ]
 PURE = bool(os.environ.get("API_ROUTER_PURE_PYTHON"))
 

@@ -1,4 +1,4 @@
-"""The mock's Responses API shapes parse as the official SDK parses them (mock_responses.py)."""
+"""The mock's Responses API shapes parse as the official SDK parses them (mock/responses.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from openai.types.responses import Response, ResponseCompletedEvent, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from api_router.mock_responses import ResponsesEvents, responses_body
+from api_router.mock.responses import ResponsesEvents, responses_body
 
 
 def unchunk(framed: list[bytes]) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from api_router.mock_shape import AUDIO_ROUTES, JSON_ROUTES, SHAPE_FIELDS, MockSpecError, Shape, parse_mock
+from api_router.mock.shape import AUDIO_ROUTES, JSON_ROUTES, SHAPE_FIELDS, MockSpecError, Shape, parse_mock
 from tests.upstream_process import UpstreamProcess
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mock-upstream.md"
@@ -32,7 +32,7 @@ SAMPLES: dict[str, Any] = {
 }
 HELP_COMMANDS = [
     [sys.executable, "-m", "api_router", "mock-upstream", "--help"],
-    [sys.executable, "-m", "api_router.mock_upstream", "--help"],
+    [sys.executable, "-m", "api_router.mock", "--help"],
 ]
 
 

@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 
-from api_router import mock_upstream
-from api_router.mock_upstream_shapes import MultipartCounter
+from api_router.mock import server as mock_upstream
+from api_router.mock.shapes import MultipartCounter
 from tests.upstream_process import UpstreamProcess
 
 TIMEOUT = 10.0

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from api_router.config import from_dict
 from api_router.core.http import HeaderList, end_to_end, request_head
 from api_router.errors import ApiFlavor, BadRequest
-from api_router.routing import _ROUTER_OWNED, Route, Router, Target, _overlay, make_target
+from api_router.routing import _ROUTER_OWNED, Route, Router, _overlay
+from api_router.targets import Target, make_target
 
 
 def reference_head(

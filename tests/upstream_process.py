@@ -1,4 +1,4 @@
-"""Run the simulated upstream (``python -m api_router.mock_upstream``) as a subprocess for a test."""
+"""Run the simulated upstream (``python -m api_router.mock``) as a subprocess for a test."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class UpstreamProcess:
         certfile: str | None = None,
         keyfile: str | None = None,
     ) -> None:
-        self.args = [sys.executable, "-m", "api_router.mock_upstream", "--port", "0"]
+        self.args = [sys.executable, "-m", "api_router.mock", "--port", "0"]
         self.args += ["--tokens-per-second", str(tokens_per_second)]
         if certfile is not None:
             self.args += ["--certfile", certfile]

@@ -41,8 +41,7 @@ from api_router.slots_redis import RedisStreamSlots
 from api_router.tracing import Tracing, end_span
 
 if TYPE_CHECKING:
-    from api_router.net.downstream import DownstreamProtocol
-    from api_router.net.forward import Forwarder
+    from api_router.net.ports import Connection, Exchange
 
 
 CACHE_STATS_EVERY_SECS = 1.0
@@ -62,7 +61,7 @@ class App:
         self.loop = loop
         self.metrics = Metrics(loop=loop)
         self.pool = UpstreamPool(ssl_context=None, connect_timeout=config.timeouts.connect_secs)
-        self.connections: set[DownstreamProtocol] = set()
+        self.connections: set[Connection] = set()
         self.started_at = time.time()
         self.draining = False
         self._reload = reload
@@ -183,10 +182,10 @@ class App:
         self.metrics.flush()  # a worker's last tallies (the multiprocess files outlive it)
         logs.flush()  # the last access lines
 
-    def connection_opened(self, protocol: DownstreamProtocol) -> None:
+    def connection_opened(self, protocol: Connection) -> None:
         self.connections.add(protocol)
 
-    def connection_closed(self, protocol: DownstreamProtocol) -> None:
+    def connection_closed(self, protocol: Connection) -> None:
         self.connections.discard(protocol)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
@@ -217,7 +216,7 @@ class App:
         """Whether admission can be decided without awaiting (no Redis limiter in the way)."""
         return not isinstance(self.limiter, RedisLimiter)
 
-    def admit_now(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+    def admit_now(self, forwarder: Exchange, key: str) -> GatewayError | None:
         """``admit`` for the in-process limiter: synchronous, so no task per request."""
         limit = self._limit_for(forwarder, key)
         now = self.loop.time()
@@ -233,12 +232,12 @@ class App:
             forwarder.quota_ticket = admitted
         return self._take_stream_slot(forwarder, key)
 
-    def _limit_for(self, forwarder: Forwarder, key: str) -> Limit | None:
+    def _limit_for(self, forwarder: Exchange, key: str) -> Limit | None:
         if key.startswith("client:"):
             return self.client_limits[key.removeprefix("client:")]
         return self.limits.get(forwarder.route.path)
 
-    def _take_stream_slot(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+    def _take_stream_slot(self, forwarder: Exchange, key: str) -> GatewayError | None:
         if forwarder.streaming and self.max_streams is not None:
             assert isinstance(self.stream_slots, StreamSlots)
             if not self.stream_slots.acquire(key, self.max_streams):
@@ -246,7 +245,7 @@ class App:
             forwarder.slot_key = key
         return None
 
-    async def admit(self, forwarder: Forwarder, key: str) -> GatewayError | None:
+    async def admit(self, forwarder: Exchange, key: str) -> GatewayError | None:
         """Rate limit (Redis), then the concurrent-stream limit; the slot is the forwarder's to release."""
         limit = self._limit_for(forwarder, key)
         if limit is not None and isinstance(self.limiter, RedisLimiter):
@@ -301,7 +300,7 @@ class App:
             self._cache_stats_at = now
             spawn(cache.refresh_stats())
 
-    def account(self, forwarder: Forwarder, outcome: str) -> None:
+    def account(self, forwarder: Exchange, outcome: str) -> None:
         """An exchange ended: its usage is priced and counted (accounting.py), then goes into
         the ledger and settles its tokens-per-minute reservation (quota.py)."""
         self.accounting.finished(forwarder)
@@ -322,7 +321,7 @@ class App:
         """``GET /admin/usage`` (admin.py)."""
         return await usage_answer(self.config.admin_key_hash, self._quota(), headers, query)
 
-    def access_log(self, forwarder: Forwarder, outcome: str) -> None:
+    def access_log(self, forwarder: Exchange, outcome: str) -> None:
         logs.access_line(forwarder, outcome)
 
     def health_body(self) -> bytes:

@@ -19,7 +19,7 @@ from api_router.errors import GatewayError, ServiceUnavailable
 from api_router.net.fetch import fetch
 from api_router.net.tasks import spawn
 from api_router.net.upstream import UpstreamPool
-from api_router.routing import Target, make_target
+from api_router.targets import Target, make_target
 
 DEFAULT_GROUP = "default"
 

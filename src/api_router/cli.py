@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from api_router import __version__
 from api_router import config as cfg
-from api_router.mock_shape import shapes_help
+from api_router.mock.shape import shapes_help
 
 ENV_CONFIG_PATH = "API_ROUTER_CONFIG_PATH"
 # override name -> environment variable; all plain strings, validated by Config.
@@ -236,7 +236,7 @@ def _mock_upstream(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error("--tls-cert and --tls-key must be given together")
     if args.tokens_per_second <= 0:
         parser.error("--tokens-per-second must be positive")
-    from api_router import mock_upstream  # noqa: PLC0415 - lazy: only this command needs it
+    from api_router.mock import server as mock_upstream  # noqa: PLC0415 - lazy: only this command needs it
 
     return mock_upstream.run(
         host=args.host,

@@ -7,12 +7,55 @@ import json
 import logging
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from api_router.access_log import AccessWriter
 
 if TYPE_CHECKING:
-    from api_router.net.forward import Forwarder
+    from api_router.core.usage import Usage
+
+
+class _Routed(Protocol):
+    @property
+    def path(self) -> str: ...
+
+
+class _Progress(Protocol):
+    @property
+    def bytes_forwarded(self) -> int: ...
+    @property
+    def sse(self) -> bool: ...
+
+
+class Logged(Protocol):
+    """What the access line reads off an exchange (a Forwarder); a Protocol keeps this module
+    below net/, as metrics.Exchange does."""
+
+    @property
+    def request_id(self) -> bytes: ...
+    @property
+    def route(self) -> _Routed: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def ttfb(self) -> float | None: ...
+    @property
+    def state(self) -> _Progress: ...
+    @property
+    def own_bytes(self) -> int: ...
+    @property
+    def client_name(self) -> str: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def backend_name(self) -> str | None: ...
+    @property
+    def usage(self) -> Usage | None: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+
 
 access = logging.getLogger("api_router.access")
 log = logging.getLogger("api_router")
@@ -102,7 +145,7 @@ def _write_access(fields: dict[str, Any]) -> None:
         access.info("request", extra={"fields": fields})
 
 
-def access_line(forwarder: Forwarder, outcome: str) -> None:
+def access_line(forwarder: Logged, outcome: str) -> None:
     if not access.isEnabledFor(logging.INFO):
         return
     now = time.perf_counter()

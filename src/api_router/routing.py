@@ -10,7 +10,6 @@ import enum
 import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -18,6 +17,7 @@ from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
 from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
+from api_router.targets import Target, lower_headers
 
 
 class RouteKind(enum.Enum):
@@ -61,34 +61,6 @@ _ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept
 
 
 @dataclass(frozen=True, slots=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
-    base_path: str
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.scheme, self.host, self.port)
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode()
-
-    def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
-
-
-def parse_origin(base_url: str) -> Origin:
-    parts = urlsplit(base_url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return Origin(scheme, parts.hostname or "", port, parts.path.rstrip("/"))
-
-
-@dataclass(frozen=True, slots=True)
 class Route:
     path: str
     kind: RouteKind
@@ -103,17 +75,6 @@ class Route:
     backend_group: str | None  # the endpoint's backendGroups name; None = the default group
     forward_client_credentials: bool = False  # the endpoint's setting, else the global one
     force_usage: bool = False  # streamUsage "force" on a route with OpenAI's stream_options
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One backend as the wire sees it: where, and with which extra headers and key."""
-
-    name: str
-    origin: Origin
-    headers: HeaderList
-    api_key: str | None
-    forward_client_credentials: bool | None = None  # the backend's setting; None: the route's
 
 
 class PreparedJson(NamedTuple):
@@ -225,7 +186,7 @@ class Router:
         stream_support = builtin.stream_support
         upstream_path = path
         upstream_method = builtin.method
-        headers = _lower(self.config.headers)
+        headers = lower_headers(self.config.headers)
         if endpoint is not None:
             if endpoint.requires_multipart:
                 kind = RouteKind.MULTIPART
@@ -233,7 +194,7 @@ class Router:
                 stream_support = endpoint.stream_support
             upstream_path = endpoint.upstream_path or path
             upstream_method = endpoint.method or builtin.method
-            headers = _overlay(headers, _lower(endpoint.headers))
+            headers = _overlay(headers, lower_headers(endpoint.headers))
         return Route(
             path=path,
             kind=kind,
@@ -388,19 +349,9 @@ class Router:
         return json.dumps({"object": "list", "data": data}).encode()
 
 
-def _lower(headers: dict[str, str]) -> HeaderList:
-    return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-
-
 def _overlay(base: HeaderList, top: HeaderList) -> HeaderList:
     names = {name for name, _ in top}
     return [(n, v) for n, v in base if n not in names] + top
 
 
-def make_target(
-    name: str, url: str, headers: dict[str, str], api_key: str | None, forward_credentials: bool | None = None
-) -> Target:
-    return Target(name, parse_origin(url), _lower(headers), api_key, forward_credentials)
-
-
-__all__ = ["Origin", "PreparedJson", "Route", "RouteKind", "Router", "Target", "parse_origin"]
+__all__ = ["PreparedJson", "Route", "RouteKind", "Router"]

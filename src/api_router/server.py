@@ -59,7 +59,7 @@ async def serve(
     pinned = dict(pinned or {})
     mock = None
     if mock_reason is not None and mock_url is None:
-        from api_router import mock_upstream  # noqa: PLC0415 - only when asked for
+        from api_router.mock import server as mock_upstream  # noqa: PLC0415 - only when asked for
 
         mock = await mock_upstream.start("127.0.0.1", 0)
         mock_url = pinned["base_url"] = f"http://127.0.0.1:{mock.port}"

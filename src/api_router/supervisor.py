@@ -251,7 +251,7 @@ def _start_mock_process() -> tuple[subprocess.Popen[str], str]:
     """The mock in its own process, shared by the workers; it exits when its stdin closes, which
     happens when the supervisor dies however it dies (even SIGKILL: no finally runs then)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "api_router.mock_upstream", "--port", "0", "--exit-on-stdin-eof"],
+        [sys.executable, "-m", "api_router.mock", "--port", "0", "--exit-on-stdin-eof"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from api_router.net.upstream import UpstreamConnection, UpstreamPool
-from api_router.routing import Origin
+from api_router.targets import Origin
 from tests.net.fakes import FakeTransport, RecordingListener
 
 ORIGIN = Origin("http", "127.0.0.1", 9, "")

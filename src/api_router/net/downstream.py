@@ -36,11 +36,11 @@ from api_router.errors import (
 )
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
-from api_router.routing import Route, RouteKind, Target
+from api_router.routing import Route, RouteKind
+from api_router.targets import Target
 
 if TYPE_CHECKING:
-    from api_router.app import App
-    from api_router.backends import BackendGroup
+    from api_router.net.ports import BackendGroup, Gateway
 
 _MAX_QUEUED = 16
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -113,7 +113,7 @@ class DownstreamProtocol(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: Gateway) -> None:
         self.app = app
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
@@ -724,7 +724,7 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             self._arm(seconds)  # an exchange is running; its own watchdog guards the upstream
 
-    def exchange_finished(self, forwarder: Forwarder, keep_alive: bool) -> None:
+    def exchange_finished(self, forwarder: object, keep_alive: bool) -> None:
         if self.exchange is forwarder:
             self.exchange = None
         if self.app.draining or self.close_after:

@@ -8,7 +8,7 @@ import ssl
 from api_router.core.http import HeaderList
 from api_router.errors import UpstreamUnreachable
 from api_router.net.upstream import UpstreamPool
-from api_router.routing import Origin
+from api_router.targets import Origin
 
 
 def make_ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:

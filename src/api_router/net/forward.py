@@ -36,14 +36,13 @@ from api_router.errors import (
     from_os_error,
 )
 from api_router.net.tasks import spawn
-from api_router.routing import Route, RouteKind, Target
+from api_router.routing import Route, RouteKind
+from api_router.targets import Target
 
 if TYPE_CHECKING:
-    from api_router.app import App
-    from api_router.backends import BackendGroup
     from api_router.core.balancer import Backend
     from api_router.core.multipart import MultipartModelRewriter
-    from api_router.net.downstream import DownstreamProtocol
+    from api_router.net.ports import BackendGroup, ClientSide, Gateway
     from api_router.net.upstream import UpstreamConnection
 
 _OURS_IN_RESPONSE = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
@@ -130,8 +129,8 @@ class Forwarder:
 
     def __init__(
         self,
-        app: App,
-        downstream: DownstreamProtocol,
+        app: Gateway,
+        downstream: ClientSide,
         route: Route,
         *,
         request_id: bytes,

@@ -17,7 +17,7 @@ import httptools
 
 from api_router.core.http import HeaderList
 from api_router.errors import UpstreamUnreachable, from_os_error
-from api_router.routing import Origin
+from api_router.targets import Origin
 
 _SHARED_READ_BUFFER = bytearray(0)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})

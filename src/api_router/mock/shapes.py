@@ -1,4 +1,4 @@
-"""Stats records, response bodies and request parsing for the simulated upstream (``mock_upstream.py``).
+"""Stats records, response bodies and request parsing for the simulated upstream (``server.py``).
 
 Everything here is pure: it builds bytes / dicts and parses request bodies, no I/O.
 """
@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from api_router.mock_shape import MockSpecError, Shape
+from api_router.mock.shape import MockSpecError, Shape
 
 MODELS = ("mock-large", "mock-small", "mock-embed")
 KEEP_STREAMS = 10_000

@@ -2,7 +2,7 @@
 or the typed SSE sequence ``response.created`` … N ``response.output_text.delta`` …
 ``response.completed``, with ``sequence_number`` on every event and usage in the last one.
 
-Same interface as ``mock_upstream_shapes.OpenAIEvents``: ``before()`` and ``after()`` are framed
+Same interface as ``mock/shapes.py``'s ``OpenAIEvents``: ``before()`` and ``after()`` are framed
 HTTP chunks, ``event(i)`` is content event i built from a prefix and a suffix (no JSON per event).
 """
 

@@ -6,7 +6,7 @@ a shape chosen per request (a ``"mock"`` object in the body, or ``MOCK{...}`` in
 message / prompt): tokens, pacing, delays, stalls, mid-stream death, error statuses or exact
 raw events. It counts backpressure and records when and why each stream ended (``/_stats``).
 
-    python -m api_router.mock_upstream --port 0   # prints "READY http://127.0.0.1:PORT"
+    python -m api_router.mock --port 0   # prints "READY http://127.0.0.1:PORT"
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import ssl as ssl_module
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 from urllib.parse import parse_qs
 
 import httptools
 
-from api_router.mock_shape import (
+from api_router.mock.shape import (
     AUDIO_ROUTES,
     JSON_ROUTES,
     LLM_ROUTES,
@@ -37,7 +37,7 @@ from api_router.mock_shape import (
     parse_mock,
     shapes_help,
 )
-from api_router.mock_upstream_shapes import (
+from api_router.mock.shapes import (
     MockStats,
     MultipartCounter,
     Request,
@@ -49,7 +49,6 @@ from api_router.mock_upstream_shapes import (
     models_body,
     stream_events,
 )
-from api_router.net.tasks import spawn
 
 __all__ = ["MockStats", "MockUpstream", "StreamRecord", "main", "run", "start"]
 
@@ -57,6 +56,17 @@ WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
 YIELD_EVERY = 16  # at interval 0, let the loop run every N events
 Events = tuple[list[bytes], int, Callable[[int], bytes], list[bytes]]
+
+# The loop keeps only weak references to tasks: the running ones are held here (as net/tasks.py
+# does for the router, which this package does not import).
+_running: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    task = asyncio.ensure_future(coro)
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return task
 
 
 class _Connection(asyncio.Protocol):
@@ -154,7 +164,7 @@ class _Connection(asyncio.Protocol):
         self.req = None
         self.pending.append(req)
         if self.worker is None or self.worker.done():
-            self.worker = spawn(self._serve())
+            self.worker = _spawn(self._serve())
 
     # --- writing --------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -466,7 +476,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m api_router.mock_upstream",
+        prog="python -m api_router.mock",
         description="simulated LLM upstream",
         epilog=shapes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -486,7 +496,3 @@ def main(argv: list[str] | None = None) -> int:
         keyfile=a.keyfile,
         exit_on_stdin_eof=a.exit_on_stdin_eof,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
