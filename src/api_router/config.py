@@ -49,6 +49,7 @@ from api_router.config_backends import (
 from api_router.config_security import Clients, LimitsConfig, RateLimitConfig, TlsConfig
 from api_router.config_telemetry import TelemetryConfig
 from api_router.config_usage import PriceConfig, StreamUsage
+from api_router.core.paths import validate_pattern
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
@@ -76,8 +77,9 @@ SCHEMA_KEY = "$schema"
 
 
 def _endpoint_path(path: str) -> str:
-    if not path.startswith("/"):
-        raise PydanticCustomError("endpoint_path", "endpoint path must start with '/'")
+    problem = validate_pattern(path)  # an exact path, or a pattern: /v1/files/{id}, /v1/batches/*
+    if problem is not None:
+        raise PydanticCustomError("endpoint_path", problem)
     return path
 
 

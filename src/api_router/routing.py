@@ -16,6 +16,7 @@ import orjson
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
 from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
+from api_router.core.paths import PathTable, is_pattern
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 from api_router.targets import Target, lower_headers
 
@@ -38,6 +39,7 @@ class _Builtin:
     stream_support: bool
     flavor: ApiFlavor = ApiFlavor.OPENAI
     stream_options: bool = False  # OpenAI's stream_options.include_usage applies (streamUsage)
+    own_path: bool = False  # a pattern: the request's own path (and, for "*", method) goes upstream
 
 
 BUILTIN_ROUTES: dict[str, _Builtin] = {
@@ -47,8 +49,27 @@ BUILTIN_ROUTES: dict[str, _Builtin] = {
     "/v1/audio/transcriptions": _Builtin("POST", RouteKind.MULTIPART, False),
     "/v1/audio/translations": _Builtin("POST", RouteKind.MULTIPART, False),
     "/v1/messages": _Builtin("POST", RouteKind.JSON, True, ApiFlavor.ANTHROPIC),
+    "/v1/messages/count_tokens": _Builtin("POST", RouteKind.JSON, False, ApiFlavor.ANTHROPIC),
+    "/v1/responses": _Builtin("POST", RouteKind.JSON, True, ApiFlavor.RESPONSES),
     "/v1/models": _Builtin("GET", RouteKind.MODELS, False),
 }
+ANY_METHOD = "*"
+# Every other path of the upstream's API passes through (method, query and body), so a new
+# provider endpoint works on day one; the most specific pattern wins (core/paths.py).
+PATTERN_ROUTES: dict[str, _Builtin] = {
+    "/v1/models/{model}": _Builtin("GET", RouteKind.PASSTHROUGH, False, own_path=True),
+    "/v1/messages/*": _Builtin(ANY_METHOD, RouteKind.PASSTHROUGH, False, ApiFlavor.ANTHROPIC, own_path=True),
+    "/v1/*": _Builtin(ANY_METHOD, RouteKind.PASSTHROUGH, False, own_path=True),
+}
+
+
+def flavor_for_path(path: str) -> ApiFlavor:
+    """The API whose error shape a path's router-made errors take (404/405 included)."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ApiFlavor.ANTHROPIC
+    return ApiFlavor.RESPONSES if path.startswith("/v1/responses") else ApiFlavor.OPENAI
+
+
 LOCAL_ROUTES = {
     "/health": RouteKind.HEALTH,
     "/metrics": RouteKind.METRICS,
@@ -75,6 +96,7 @@ class Route:
     backend_group: str | None  # the endpoint's backendGroups name; None = the default group
     forward_client_credentials: bool = False  # the endpoint's setting, else the global one
     force_usage: bool = False  # streamUsage "force" on a route with OpenAI's stream_options
+    own_path: bool = False  # a pattern route: the request's path goes upstream, under the base path
 
 
 class PreparedJson(NamedTuple):
@@ -107,6 +129,7 @@ class _HeadPlan:
 
     __slots__ = (
         "auth",
+        "base",
         "forwarded",
         "has_body_method",
         "host",
@@ -155,7 +178,8 @@ class _HeadPlan:
         ):
             self.version = ANTHROPIC_VERSION
         self.host = (b"host", target.origin.host_header)
-        self.path = target.origin.base_path.encode() + route.upstream_path
+        self.base = target.origin.base_path.encode()
+        self.path = self.base + route.upstream_path
         self.has_body_method = route.upstream_method in (b"POST", b"PUT", b"PATCH")
 
 
@@ -172,13 +196,17 @@ class Router:
         self._models = {
             name: (config.mapped_model(name), config.model_group(name)) for name in config.model_mapping
         }
-        for path, builtin in BUILTIN_ROUTES.items():
+        for path, builtin in (BUILTIN_ROUTES | PATTERN_ROUTES).items():
             self._routes[path] = self._build(path, builtin, config.endpoints.get(path))
         for path, endpoint in config.endpoints.items():
             if path not in self._routes and path not in LOCAL_ROUTES:
                 method = endpoint.method or "POST"
                 kind = RouteKind.JSON if method in _BODY_METHODS else RouteKind.PASSTHROUGH
-                self._routes[path] = self._build(path, _Builtin(method, kind, False), endpoint)
+                builtin = _Builtin(method, kind, False, flavor_for_path(path), own_path=is_pattern(path))
+                self._routes[path] = self._build(path, builtin, endpoint)
+        self._table: PathTable[Route] = PathTable()
+        for path, route in self._routes.items():
+            self._table.add(path, route)
 
     def _build(self, path: str, builtin: _Builtin, endpoint: EndpointConfig | None) -> Route:
         stream_config = self.config.stream_config_for(path)
@@ -212,6 +240,7 @@ class Router:
                 if endpoint is not None and endpoint.forward_client_credentials is not None
                 else self.config.forward_client_credentials
             ),
+            own_path=builtin.own_path,
             force_usage=builtin.stream_options
             and (
                 endpoint.stream_usage
@@ -228,10 +257,11 @@ class Router:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on {path}; use GET")
             return local
-        route = self._routes.get(path)
-        if route is None:
+        found = self._table.match(path)
+        if found is None:
             raise NotFound(f"no route for {path}")
-        if method != route.method:
+        route = found[0]
+        if route.method not in (method, ANY_METHOD):
             raise MethodNotAllowed(f"{method} is not allowed on {path}; use {route.method}")
         return route
 
@@ -249,6 +279,8 @@ class Router:
         request_id: bytes,
         client_addr: str | None,
         streaming: bool,
+        method: str = "",
+        path: str = "",
     ) -> bytes:
         """The request head for the upstream. ``body_length`` None means a chunked body.
 
@@ -298,9 +330,11 @@ class Router:
             headers.append((b"accept-encoding", b"identity"))
         if body_length is None:
             headers.append((b"transfer-encoding", b"chunked"))
-        elif body_length or plan.has_body_method:
+        elif body_length or plan.has_body_method or method in _BODY_METHODS:
             headers.append((b"content-length", b"%d" % body_length))
-        return request_head(route.upstream_method, plan.path + b"?" + query if query else plan.path, headers)
+        target_path = plan.base + path.encode() if route.own_path else plan.path  # a pattern route
+        upstream_method = method.encode() if route.method == ANY_METHOD else route.upstream_method
+        return request_head(upstream_method, target_path + b"?" + query if query else target_path, headers)
 
     def prepare_json(self, route: Route, raw: bytes) -> PreparedJson:
         """Validate a JSON body and map its model."""

@@ -59,7 +59,7 @@ def test_the_most_specific_pattern_wins_in_any_order(
 @pytest.mark.parametrize(
     ("pattern", "problem"),
     [
-        ("v1/files", "start with '/'"),
+        ("v1/files", "must start with '/'"),
         ("/v1//files", "empty segments"),
         ("/v1/files/", "empty segments"),
         ("/v1/*/files", "whole last segment"),

@@ -96,3 +96,18 @@ def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, by
 
 def chunk_header(size: int) -> bytes:
     return b"%x\r\n" % size
+
+
+# Chunk-size lines by size, made once: formatting one per event cost more than the lookup.
+_CHUNK_HEADS: dict[int, bytes] = {}
+_CHUNK_HEADS_UP_TO = 4096  # bounds the cache (~150 KB at most); SSE events are mostly smaller
+
+
+def chunk_head(size: int) -> bytes:
+    """The size line of an HTTP/1.1 chunk of ``size`` bytes."""
+    head = _CHUNK_HEADS.get(size)
+    if head is None:
+        head = b"%x\r\n" % size
+        if size <= _CHUNK_HEADS_UP_TO:
+            _CHUNK_HEADS[size] = head
+    return head

@@ -36,7 +36,7 @@ def _kind(segment: str) -> int:
 def validate_pattern(pattern: str) -> str | None:
     """Why ``pattern`` is not a valid route pattern, or None if it is."""
     if not pattern.startswith("/"):
-        return "a route must start with '/'"
+        return "endpoint path must start with '/'"
     segments = pattern[1:].split("/")
     for index, segment in enumerate(segments):
         if segment == "":

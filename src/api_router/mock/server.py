@@ -1,10 +1,10 @@
 """A simulated LLM upstream: a real HTTP/1.1 server (asyncio Protocol + httptools) on loopback.
 
-Used by ``api-router serve`` with no config, by the test suite and by benchmarks. It speaks
-OpenAI chat/completions/embeddings/models/audio and Anthropic messages, streams SSE with
-a shape chosen per request (a ``"mock"`` object in the body, or ``MOCK{...}`` in the last
-message / prompt): tokens, pacing, delays, stalls, mid-stream death, error statuses or exact
-raw events. It counts backpressure and records when and why each stream ended (``/_stats``).
+Used by ``api-router serve`` with no config, the tests and the bench. It speaks OpenAI chat,
+completions, responses, embeddings, models, files and audio and Anthropic messages, streaming SSE
+shaped per request (a ``"mock"`` object in the body, or ``MOCK{...}`` in the last message):
+tokens, pacing, delays, stalls, mid-stream death, error statuses or raw events. It counts
+backpressure and records when and why each stream ended (``/_stats``).
 
     python -m api_router.mock --port 0   # prints "READY http://127.0.0.1:PORT"
 """
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 
 import httptools
 
+from api_router.mock.answers import simple_answer
 from api_router.mock.shape import (
     AUDIO_ROUTES,
     JSON_ROUTES,
@@ -46,7 +47,6 @@ from api_router.mock.shapes import (
     completion_body,
     embeddings_body,
     error_body,
-    models_body,
     stream_events,
 )
 
@@ -231,7 +231,7 @@ class _Connection(asyncio.Protocol):
         model = None
         if req.multipart is not None:
             model = req.multipart.fields.get("model")
-        elif method == "POST" and path in JSON_ROUTES:
+        elif method == "POST" and (path in JSON_ROUTES or path.startswith("/v1/messages/")):
             try:
                 body = json.loads(b"".join(req.body) or b"{}")
             except ValueError:
@@ -242,8 +242,8 @@ class _Connection(asyncio.Protocol):
         self.stats.requests.append({**seen, "body_bytes": req.body_bytes, "conn_id": self.conn_id})
         if method == "GET" and path == "/health":
             return self._json(200, {"status": "ok"}, req)
-        if method == "GET" and path == "/v1/models":
-            return self._json(200, models_body(), req)
+        if (simple := simple_answer(method, path, body)) is not None:  # mock/answers.py
+            return self._json(200, simple, req)
         if method == "POST" and (path in JSON_ROUTES or path in AUDIO_ROUTES):
             rec = self.stats.begin(path, self.conn_id)
             self.current = rec

@@ -110,7 +110,12 @@ SHAPE_FIELDS: tuple[ShapeField, ...] = (
 _BY_NAME = {field.name: field for field in SHAPE_FIELDS}
 
 # The routes that answer with a shape (what the mock server dispatches on).
-LLM_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/messages": "messages"}
+LLM_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/messages": "messages",
+    "/v1/responses": "responses",
+}
 AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 JSON_ROUTES = (*LLM_ROUTES, "/v1/embeddings")
 

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from api_router.errors import ANTHROPIC_TYPES
+from api_router.mock.responses import ResponsesEvents, responses_body
 from api_router.mock.shape import MockSpecError, Shape
 
 MODELS = ("mock-large", "mock-small", "mock-embed")
@@ -91,9 +93,11 @@ def stream_events(
         return [], len(shape.raw_events), shape.raw_events.__getitem__, []
     options = body.get("stream_options")
     usage = isinstance(options, dict) and options.get("include_usage") is True
-    enc: OpenAIEvents | AnthropicEvents
+    enc: OpenAIEvents | AnthropicEvents | ResponsesEvents
     if kind == "messages":
         enc = AnthropicEvents(model, shape.payload, stream_id, shape.tokens)
+    elif kind == "responses":
+        enc = ResponsesEvents(model, shape.payload, stream_id, shape.tokens)
     else:
         enc = OpenAIEvents(model, kind == "chat", shape.payload, stream_id, shape.tokens)
     return enc.before(), shape.tokens, enc.event, enc.after(usage)
@@ -211,6 +215,8 @@ def usage(tokens: int) -> dict[str, int]:
 def completion_body(model: str, kind: str, tokens: int, payload: int, stream_id: int) -> dict[str, Any]:
     """A complete non-streamed answer; ``kind`` is "chat", "completions" or "messages"."""
     text = "".join(token_text(i, payload) for i in range(tokens))
+    if kind == "responses":
+        return responses_body(model, tokens, payload, stream_id)
     if kind == "messages":
         return {
             "id": f"msg_mock{stream_id}",
@@ -261,20 +267,9 @@ def models_body() -> dict[str, Any]:
     }
 
 
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
-
-
 def error_body(status: int, message: str, anthropic: bool = False, code: str | None = None) -> dict[str, Any]:
     if anthropic:
-        kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        kind = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
     kind = (
         "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"

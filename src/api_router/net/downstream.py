@@ -36,7 +36,7 @@ from api_router.errors import (
 )
 from api_router.net.forward import Forwarder
 from api_router.net.tasks import spawn
-from api_router.routing import Route, RouteKind
+from api_router.routing import Route, RouteKind, flavor_for_path
 from api_router.targets import Target
 
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def _handle(self, req: _Request) -> None:
         route = req.route
         if req.error is not None or route is None:
-            flavor = route.flavor if isinstance(route, Route) else ApiFlavor.OPENAI
+            flavor = route.flavor if isinstance(route, Route) else flavor_for_path(req.path)
             self._refuse(req, req.error or BadRequest("bad request"), flavor)
             return
         if route is RouteKind.HEALTH:
@@ -563,7 +563,7 @@ class DownstreamProtocol(asyncio.Protocol):
 
         def head(target: Target, body_length: int | None) -> bytes:
             return router.upstream_head(
-                route, target, headers, query, body_length, request_id, peer, streaming
+                route, target, headers, query, body_length, request_id, peer, streaming, req.method, req.path
             )
 
         forwarder = Forwarder(
