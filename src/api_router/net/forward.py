@@ -43,7 +43,7 @@ from api_router.targets import Target
 if TYPE_CHECKING:
     from api_router.core.balancer import Backend
     from api_router.core.multipart import MultipartModelRewriter
-    from api_router.net.ports import BackendGroup, ClientSide, Gateway
+    from api_router.net.ports import BackendGroup, ClientSide, Gateway, Runtime
     from api_router.net.upstream import UpstreamConnection
 
 _OURS_IN_RESPONSE = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
@@ -83,6 +83,7 @@ class Forwarder:
         "_pending",
         "_pending_bytes",
         "_read_found",
+        "_read_timeout",
         "_retried",
         "_reused",
         "_rewriter",
@@ -112,6 +113,7 @@ class Forwarder:
         "request_id",
         "reserve_tokens",
         "route",
+        "runtime",
         "slot_key",
         "span",
         "started_at",
@@ -128,6 +130,7 @@ class Forwarder:
     def __init__(
         self,
         app: Gateway,
+        runtime: Runtime,
         downstream: ClientSide,
         route: Route,
         *,
@@ -149,6 +152,8 @@ class Forwarder:
         span: object | None = None,
     ) -> None:
         self.app = app
+        self.runtime = runtime  # the config this exchange started with, to its end (runtime.py)
+        self._read_timeout = runtime.read_timeout
         self.loop = app.loop
         self.downstream = downstream
         self.transport = downstream.transport
@@ -216,11 +221,11 @@ class Forwarder:
         """Admit, pick a backend and send on an idle pooled connection without leaving this call;
         a task runs only when something must be awaited (a new connection, a Redis limit check)."""
         if self._client_key is not None:
-            if not self.app.admits_now():
+            if not self.runtime.admits_now():
                 self._spawn(self._admit_then_go())
                 return
             key, self._client_key = self._client_key, None
-            refused = self.app.admit_now(self, key)
+            refused = self.runtime.admit_now(self, key)
             if refused is not None:
                 self._apply(self.state.upstream_failed(refused))
                 return
@@ -229,7 +234,7 @@ class Forwarder:
     async def _admit_then_go(self) -> None:
         key, self._client_key = self._client_key, None
         assert key is not None
-        refused = await self.app.admit(self, key)
+        refused = await self.runtime.admit(self, key)
         if refused is not None:
             self._apply(self.state.upstream_failed(refused))
         elif self.state.phase is Phase.AWAITING_UPSTREAM:
@@ -280,7 +285,7 @@ class Forwarder:
         if self.conn is conn:
             # Early enough for the first heartbeat too, so a response that starts at once (the
             # usual case) need not move the timer: re-creating one costs more than a wake-up.
-            self._arm(self.last_read + min(self.app.read_timeout, self.route.heartbeat_interval))
+            self._arm(self.last_read + min(self._read_timeout, self.route.heartbeat_interval))
 
     def _can_fail_over(self) -> bool:
         """Only before the first byte went to the client, with the whole body held, within budget."""
@@ -598,7 +603,7 @@ class Forwarder:
         """The upstream-silence watchdog and the heartbeat share one timer (memory per stream)."""
         self._timer = None
         now = self.loop.time()
-        timeout = self.app.read_timeout
+        timeout = self._read_timeout
         if self._paused or not self._body_complete:
             # Silence we caused by not reading, or while the client is still uploading (the
             # upstream cannot answer before the body ends), is not the upstream's fault.
@@ -678,11 +683,11 @@ class Forwarder:
         else:
             self._release_backend(ending.reason == "completed" and self.status < 500)
         if self.slot_key is not None:
-            self.app.stream_slots.release(self.slot_key)
+            self.runtime.stream_slots.release(self.slot_key)
             self.slot_key = None
         capture = self._capture
         if capture is not None and ending.reason == "completed" and self.cache_key is not None:
-            self.app.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
+            self.runtime.cache_store(self.cache_key, self.status, self._headers_out, bytes(capture))
         if ending.reason == "client_disconnect":  # many may leave at once: every upstream is
             self.loop.call_soon(self._record, ending.reason)  # closed first (bench disconnect)
         else:
@@ -694,8 +699,8 @@ class Forwarder:
         if reader is not None:
             self.usage = reader.usage(reason == "completed")
         self.app.metrics.exchange_finished(self, reason)
-        self.app.account(self, reason)
-        self.app.access_log(self, reason)
+        self.runtime.account(self, reason)
+        self.runtime.access_log(self, reason)
 
     @property
     def backend_name(self) -> str | None:
