@@ -108,7 +108,7 @@ def app(loop: asyncio.AbstractEventLoop) -> Iterator[App]:
 
     loop.run_until_complete(build())
     yield made[0]
-    made[0].backends.stop()
+    made[0].runtime.backends.stop()
 
 
 @pytest.fixture
@@ -185,14 +185,6 @@ def test_connection_close_is_honoured_after_the_answer(connect):
     assert_closed_after(client, [health])
 
 
-CLOSED_FLAG_DEFECT = (
-    "downstream.py: _send_local and send_error close the transport without setting self._closed, "
-    "so the protocol goes on answering input after a response that said 'connection: close' "
-    "(here a 400 for the bytes that follow, written after transport.close())"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CLOSED_FLAG_DEFECT)
 def test_nothing_is_answered_after_a_connection_close_answer(connect):
     client = connect()
     client.send(get("/health", "last", extra=b"Connection: close\r\n") + get("/health", "ignored"))
@@ -202,7 +194,6 @@ def test_nothing_is_answered_after_a_connection_close_answer(connect):
     assert_closed_after(client, [health])
 
 
-@pytest.mark.xfail(strict=True, reason=CLOSED_FLAG_DEFECT)
 def test_nothing_is_answered_after_a_refusal_that_closes(connect):
     client = connect()
     client.send(get("/no-such-route", "last", extra=b"Connection: close\r\n") + get("/health", "ignored"))
@@ -342,13 +333,6 @@ def test_a_chunked_body_over_max_body_bytes_is_a_413_and_closes(connect):
     assert_closed_after(client, [answer])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="downstream.py: after on_headers_complete refuses a Content-Length over the limit "
-    "(_reject_and_close, then return), the parser goes on with the body in the same read; on_body "
-    "finds it over the limit again and calls _reject_and_close a second time, whose send_error "
-    "writes nothing (closed) but whose _answered counts the 413 again in requests_total",
-)
 def test_a_refused_body_is_counted_once(connect):
     client = connect()
     client.send(post("/v1/chat/completions", b"x" * (MAX_BODY_BYTES + 1)))  # head and body in one read
@@ -467,13 +451,6 @@ def test_expect_100_continue_gets_the_interim_response(connect):
     assert client.protocol.exchange is None and not client.transport.closed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="downstream.py on_headers_complete writes '100 Continue' as soon as the head is read, "
-    "even while earlier requests on the connection are still unanswered (queued, or an exchange "
-    "streaming its response): the interim response goes out ahead of, or into the middle of, the "
-    "earlier request's response, which the client then takes as that request's",
-)
 def test_the_interim_response_waits_for_the_answers_before_it(connect):
     client = connect()
     client.pause_writing()

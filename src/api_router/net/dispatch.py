@@ -291,7 +291,7 @@ def send_local(conn: Answering, req: Request, status: int, content_type: bytes, 
     conn.transport.write(response_head(status, headers, Framing.LENGTH, len(body)) + payload)
     answered(conn.app, req, status, len(payload), "answered")
     if not req.keep_alive:
-        conn.transport.close()
+        conn.close()  # and nothing more is read as a request (RFC 9112 §9.6)
 
 
 def refuse(conn: Answering, req: Request, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:

@@ -28,7 +28,7 @@ from api_router.errors import (
     RequestTimeout,
 )
 from api_router.net.dispatch import answer, answered, error_response, refuse_connection, start_streamed
-from api_router.net.request import Request, pick_request_id
+from api_router.net.request import ConnectionClosed, Request, pick_request_id
 from api_router.routing import Route, RouteKind
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from api_router.net.ports import Gateway
 
 _MAX_QUEUED = 16
+
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -99,8 +100,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self.app.connection_opened(self)
         if len(self.app.connections) > self.app.runtime.config.limits.max_connections:
-            refuse_connection(self)
-            self.closed = True
+            refuse_connection(self)  # and closed
             return
         self._arm(self.app.runtime.keep_alive_timeout)
 
@@ -160,6 +160,8 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.closed:  # bytes after a response that closed the connection are not requests
+            raise ConnectionClosed
         runtime = self.app.runtime  # the request keeps it to the end of its exchange (runtime.py)
         self._req = Request(time.perf_counter(), runtime)
         # Slowloris: the whole head must arrive within headerTimeoutSecs of its first byte.
@@ -211,15 +213,17 @@ class DownstreamProtocol(asyncio.Protocol):
         if length is not None and length.isdigit() and int(length) > limit:
             self.reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), route.flavor)
             return
-        if expect == b"100-continue" and self.http11:
-            self.transport.write(_CONTINUE)
         idle = self.exchange is None and not self.fetching and not self._queue
+        if expect == b"100-continue" and self.http11 and idle:
+            # only with nothing before it to answer (else it went out inside an earlier answer);
+            # a client not told to continue sends its body after its own wait (RFC 9110 §10.1.1)
+            self.transport.write(_CONTINUE)
         if route.kind in (RouteKind.MULTIPART, RouteKind.PASSTHROUGH) and idle:
             start_streamed(self, req, route, int(length) if length is not None and length.isdigit() else None)
 
     def on_body(self, body: bytes) -> None:
         req = self._req
-        if req is None or req.error is not None:
+        if req is None or req.error is not None or self.closed:  # closed: already answered
             return
         req.body_bytes += len(body)
         route = req.route
@@ -281,7 +285,7 @@ class DownstreamProtocol(asyncio.Protocol):
         body = error.body(flavor)
         self.transport.write(error_response(error, body, request_id, keep_alive))
         if not keep_alive:
-            self.transport.close()
+            self.close()  # and nothing more is read as a request (RFC 9112 §9.6)
         return len(body)
 
     def reject_and_close(self, error: GatewayError, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
@@ -393,5 +397,4 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def __repr__(self) -> str:
-        queued = len(self._queue or ())
-        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={queued}>"
+        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={len(self._queue or ())}>"

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
+class ConnectionClosed(Exception):
+    """Raised in a parser callback to stop reading a connection that is already closed."""
+
+
 class BodySink(Protocol):
     """Where a streamed request body goes while it is read (a ``Forwarder``)."""
 
