@@ -72,9 +72,7 @@ def layer_of(module: str) -> int:
 # The 400-line rule (STYLE.md): one module owns one thing. These are still over it and owed a
 # split (the layers issue); the list can only shrink, and each may not grow.
 MAX_LINES = 400
-STILL_OVERSIZED = {
-    "api_router.net.forward": 716,
-}
+STILL_OVERSIZED: dict[str, int] = {}
 
 
 def module_name(path: Path) -> str:

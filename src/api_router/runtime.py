@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import ssl
 
     from api_router.core.access import ClientPolicy
-    from api_router.net.ports import Exchange
+    from api_router.net.ports import Admitted, Exchange
 
 
 class Runtime:
@@ -181,7 +181,7 @@ class Runtime:
         """Whether admission can be decided without awaiting (no Redis limiter in the way)."""
         return not isinstance(self.limiter, RedisLimiter)
 
-    def admit_now(self, forwarder: Exchange, key: str) -> GatewayError | None:
+    def admit_now(self, forwarder: Admitted, key: str) -> GatewayError | None:
         """``admit`` for the in-process limiter: synchronous, so no task per request."""
         limit = self._limit_for(forwarder, key)
         now = self.loop.time()
@@ -197,12 +197,12 @@ class Runtime:
             forwarder.quota_ticket = admitted
         return self._take_stream_slot(forwarder, key)
 
-    def _limit_for(self, forwarder: Exchange, key: str) -> Limit | None:
+    def _limit_for(self, forwarder: Admitted, key: str) -> Limit | None:
         if key.startswith("client:"):
             return self.client_limits[key.removeprefix("client:")]
         return self.limits.get(forwarder.route.path)
 
-    def _take_stream_slot(self, forwarder: Exchange, key: str) -> GatewayError | None:
+    def _take_stream_slot(self, forwarder: Admitted, key: str) -> GatewayError | None:
         if forwarder.streaming and self.max_streams is not None:
             assert isinstance(self.stream_slots, StreamSlots)
             if not self.stream_slots.acquire(key, self.max_streams):
@@ -210,7 +210,7 @@ class Runtime:
             forwarder.slot_key = key
         return None
 
-    async def admit(self, forwarder: Exchange, key: str) -> GatewayError | None:
+    async def admit(self, forwarder: Admitted, key: str) -> GatewayError | None:
         """Rate limit (Redis), then the concurrent-stream limit; the slot is the forwarder's to release."""
         limit = self._limit_for(forwarder, key)
         if limit is not None and isinstance(self.limiter, RedisLimiter):
@@ -236,10 +236,11 @@ class Runtime:
         return cacheable(body, allow_sampling=self.config.cache.cache_sampled)
 
     def cache_store(self, key: str, status: int, headers: HeaderList, body: bytes) -> None:
-        """Keep a complete 200 response; the request id and cache status are per response."""
+        """Keep a complete 200 response; the request id, cache status and any ``Connection: close``
+        (the client that asked to close) are per response."""
         if self.cache is None:
             return
-        kept = [(n, v) for n, v in headers if n not in (b"x-request-id", b"x-cache")]
+        kept = [(n, v) for n, v in headers if n not in (b"x-request-id", b"x-cache", b"connection")]
         response = CachedResponse(status, kept, body)
         if isinstance(self.cache, MemoryCache):
             self.cache.put_now(key, response)

@@ -1,9 +1,8 @@
-"""The client side: parse requests with httptools, admit them, hand each to a Forwarder.
+"""The client side: read requests with httptools; net/dispatch.py answers them.
 
-One exchange runs at a time per connection; pipelined requests wait in a queue. Bodies of
-JSON routes are read whole (capped) so the model can be mapped; multipart and pass-through
-bodies stream to the upstream as they arrive. A client that half-closes is gone: asyncio's
-default ``eof_received`` closes the connection, which ends any stream.
+One exchange runs at a time per connection; pipelined requests wait in a queue. JSON bodies are
+read whole (capped) so the model can be mapped; multipart and pass-through bodies stream as they
+arrive. A half-closed client is gone: asyncio's default ``eof_received`` closes, ending any stream.
 """
 
 from __future__ import annotations
@@ -397,4 +396,5 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def __repr__(self) -> str:
-        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={len(self._queue or ())}>"
+        queued = len(self._queue or ())
+        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={queued}>"
