@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from api_router import logs
-from api_router.cache import CachedResponse, MemoryCache
+from api_router.cache import CachedResponse
 from api_router.core.cache_key import cache_key as make_cache_key
 from api_router.core.http import Framing, header_value, response_head
 from api_router.core.multipart import MultipartModelRewriter, boundary_from_content_type
@@ -154,7 +154,7 @@ def _start_json(conn: Answering, req: Request, route: Route) -> None:
         )
         return
     key = make_cache_key(route.path, prepared.body, None)
-    if isinstance(cache, MemoryCache):
+    if cache.answers_now:  # in process: no task per lookup
         _answer_cached(conn, req, route, prepared.raw, group, key, cache.get_now(key), prepared.model)
     else:
         conn.fetching = True
