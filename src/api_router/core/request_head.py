@@ -30,6 +30,22 @@ def read_head(headers: HeaderList) -> tuple[bytes | None, bytes | None, bytes | 
     return length, request_id, expect, bad_coding
 
 
+def offers_only_h2c(headers: HeaderList) -> bool:
+    """The request offers an upgrade to HTTP/2 over cleartext and nothing else (``curl --http2``),
+    with a body it frames by Content-Length (or none): such an offer may be ignored and the request
+    answered in HTTP/1.1 (RFC 9110 §7.8: a server may ignore Upgrade), as nginx does."""
+    offered = chunked = False
+    for name, value in headers:
+        if name == b"upgrade":
+            tokens = [token.strip().lower() for token in value.split(b",")]
+            if any(token != b"h2c" for token in tokens):
+                return False
+            offered = True
+        elif name == b"transfer-encoding":
+            chunked = True
+    return offered and not chunked
+
+
 def refusal(version: str, upgrade: bool, method: str, bad_coding: bool) -> GatewayError | None:
     """The error a head is refused with, or None when it may be routed."""
     if version not in ("1.0", "1.1"):  # HTTP/2.0 or 3.0 in an HTTP/1 request line

@@ -17,7 +17,7 @@ import httptools
 from api_router import logs
 from api_router.core.deadline import KEEP_TIMER, NO_DEADLINE, PASSED, Deadline
 from api_router.core.flow_control import QUEUE_FULL, UNREADABLE, UPSTREAM_FULL, ReadGate
-from api_router.core.request_head import read_head, refusal
+from api_router.core.request_head import offers_only_h2c, read_head, refusal
 from api_router.errors import (
     ApiFlavor,
     BadRequest,
@@ -69,20 +69,17 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer: str | None = None
         self.http11 = True
-        # The exchange's request said "Connection: close" (or is HTTP/1.0 without keep-alive):
-        # RFC 9112 §9.6, the connection closes after its response, which says so.
+        # The exchange's request asked to close (RFC 9112 §9.6): its response says so, then closes.
         self.close_after = False
         self.exchange: Forwarder | None = None
         self._req: Request | None = None
         self._queue: deque[Request] | None = None  # pipelined requests; made on first use (~0.4 KB)
         self._read_gate = ReadGate()
-        # The transport's write buffer is above its high-water mark: the client is not reading.
-        # No further queued request is answered until it drains (a pipelining client that never
-        # read grew the router by ~68 MB per 100 000 requests).
+        # Over the write buffer's high-water mark, the client is not reading: no queued request is
+        # answered until it drains (a pipelining client that never read grew us ~68 MB / 100k).
         self._write_blocked = False
         self.closed = False
-        # The request stream broke (junk after valid requests): the error to send, and its API
-        # shape, once the requests before it have their answers.
+        # The request stream broke (junk after requests): the error to send once those are answered
         self._unreadable: tuple[GatewayError, ApiFlavor] | None = None
         self.fetching = False  # a local answer is being fetched (net/dispatch.py)
         limits = app.runtime.config.limits
@@ -105,6 +102,11 @@ class DownstreamProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._deadline.last_data = self.app.loop.time()
+        req = self._req
+        if req is not None and req.raw_body_left:
+            data = self._read_raw_body(req, data)
+            if not data:
+                return
         parser = self.parser
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
@@ -119,10 +121,10 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 logs.log.exception("request handling failed")
                 self.reject_and_close(GatewayError("internal error while reading the request"))
-        except httptools.HttpParserUpgrade:
-            self.reject_and_close(
-                BadRequest("protocol upgrades are not supported", code="upgrade_not_supported")
-            )
+        except httptools.HttpParserUpgrade as upgrade:  # only an ignored h2c offer gets here
+            self.parser = None  # llhttp stops at an upgrade: what follows is read afresh
+            if len(data) > upgrade.args[0] and not self.closed:
+                self.data_received(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             self.reject_and_close(BadRequest(f"malformed HTTP request: {exc}", code="malformed_request"))
         else:
@@ -167,25 +169,10 @@ class DownstreamProtocol(asyncio.Protocol):
         self._arm(runtime.header_timeout, absolute=True)
 
     def on_url(self, url: bytes) -> None:
-        req = self._req
-        assert req is not None
-        req.url += url
-        req.header_bytes += len(url)
-        if req.header_bytes > self._max_header_bytes:
-            req.too_large("request line and headers are too large")
+        cast(Request, self._req).take_url(url, self._max_header_bytes)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._req
-        assert req is not None
-        req.header_bytes += len(name) + len(value) + 4
-        if not req.head_done:
-            req.headers.append((name.lower(), value))
-        # else a chunked body's trailer field: dropped, never merged into the head (it would go
-        # upstream as a header and could carry credentials), but counted against the same limits
-        if req.header_bytes > self._max_header_bytes:
-            req.too_large(f"request headers over {self._max_header_bytes} bytes")
-        elif len(req.headers) > self._max_headers:
-            req.too_large(f"more than {self._max_headers} request headers")
+        cast(Request, self._req).take_header(name, value, self._max_header_bytes, self._max_headers)
 
     def on_headers_complete(self) -> None:
         req = self._req
@@ -200,7 +187,10 @@ class DownstreamProtocol(asyncio.Protocol):
         length, request_id, expect, bad_coding = read_head(req.headers)
         req.request_id = pick_request_id(request_id)
         self._arm(req.runtime.body_timeout)  # idle time allowed between body bytes
-        error = refusal(version, parser.should_upgrade(), req.method, bad_coding)
+        upgrade = parser.should_upgrade()
+        if upgrade and offers_only_h2c(req.headers):  # ignored, as nginx does: answered in HTTP/1.1
+            upgrade, req.raw_body_left = False, int(length) if length is not None and length.isdigit() else 0
+        error = refusal(version, upgrade, req.method, bad_coding)
         if error is not None:
             self.reject_and_close(error)
             raise error  # stop parsing: nothing after this head may be read as a request
@@ -240,8 +230,11 @@ class DownstreamProtocol(asyncio.Protocol):
         req, self._req = self._req, None
         if req is None or self.closed:
             return
-        assert self.parser is not None
-        req.keep_alive = req.keep_alive and self.parser.should_keep_alive()
+        if req.raw_body_left:  # an ignored h2c offer: llhttp left its body to us (_read_raw_body)
+            self._req = req
+            return
+        parser = self.parser  # None after an ignored h2c offer: its body was read raw
+        req.keep_alive = req.keep_alive and (parser is None or parser.should_keep_alive())
         self._deadline.clear()  # the request is in; the exchange's own watchdog guards the rest
         if req.forwarder is not None:
             req.forwarder.request_body_end()
@@ -255,6 +248,15 @@ class DownstreamProtocol(asyncio.Protocol):
         if len(self._queue) > _MAX_QUEUED:
             self.pause_reading(QUEUE_FULL)
         self.answer_queued()
+
+    def _read_raw_body(self, req: Request, data: bytes) -> bytes:
+        """The Content-Length body of a request whose h2c offer was ignored; returns what follows."""
+        piece = data[: req.raw_body_left]
+        req.raw_body_left -= len(piece)
+        self.on_body(piece)
+        if not req.raw_body_left and not self.closed:
+            self.on_message_complete()
+        return data[len(piece) :]
 
     # -- dispatch -----------------------------------------------------------------------
     def _free_to_answer(self) -> bool:
@@ -375,8 +377,7 @@ class DownstreamProtocol(asyncio.Protocol):
     def shut_down(self) -> None:
         if self.exchange is not None:
             self.exchange.shut_down()  # writes the error event; the draining flag then closes us
-        if not self.closed:
-            self.close()
+        self.close()
 
     def abort(self) -> None:
         self.closed = True
@@ -396,5 +397,4 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def __repr__(self) -> str:
-        queued = len(self._queue or ())
-        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={queued}>"
+        return f"<DownstreamProtocol peer={self.peer} exchange={self.exchange!r} queued={self._queue!r}>"

@@ -49,6 +49,7 @@ class Request:
         "method",
         "path",
         "query",
+        "raw_body_left",
         "request_id",
         "route",
         "runtime",
@@ -74,6 +75,24 @@ class Request:
         self.forwarder: BodySink | None = None  # the exchange its body streams to, once started
         self.keep_alive = True
         self.request_id = b""
+        self.raw_body_left = 0  # body bytes llhttp left unparsed (an ignored h2c offer)
+
+    def take_url(self, url: bytes, max_bytes: int) -> None:
+        self.url += url
+        self.header_bytes += len(url)
+        if self.header_bytes > max_bytes:
+            self.too_large("request line and headers are too large")
+
+    def take_header(self, name: bytes, value: bytes, max_bytes: int, max_headers: int) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if not self.head_done:
+            self.headers.append((name.lower(), value))
+        # else a chunked body's trailer field: dropped, never merged into the head (it would go
+        # upstream as a header and could carry credentials), but counted against the same limits
+        if self.header_bytes > max_bytes:
+            self.too_large(f"request headers over {max_bytes} bytes")
+        elif len(self.headers) > max_headers:
+            self.too_large(f"more than {max_headers} request headers")
 
     def too_large(self, message: str) -> None:
         self.error = HeadersTooLarge(message)
