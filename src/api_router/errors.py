@@ -75,13 +75,21 @@ class GatewayError(Exception):
     def body(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
         return json.dumps(self.payload(flavor), separators=(",", ":")).encode()
 
-    def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
+    def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI, sequence_number: int = 0) -> bytes:
         """One complete SSE ``error`` event; both SDKs raise on it, except on the Responses API,
         whose streams end with an ``error`` event of that API's own shape (the SDK yields it as
-        ``ResponseErrorEvent``). It has no ``sequence_number``: the router does not count the
-        upstream's events (that would cost a parse per event), and a made-up one would lie."""
+        ``ResponseErrorEvent``). Its ``sequence_number`` is the number of events the client was
+        sent before it (core/stream.py counts their ``data:`` lines; one split across two reads
+        may be missed), so it continues the upstream's numbering (from 0, one per event). Typed
+        clients require the field: the Vercel AI SDK rejected the event without it."""
         if flavor is ApiFlavor.RESPONSES:
-            event = {"type": "error", "code": self.code, "message": self.message, "param": None}
+            event = {
+                "type": "error",
+                "code": self.code,
+                "message": self.message,
+                "param": None,
+                "sequence_number": sequence_number,
+            }
             return b"event: error\ndata: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
         return b"event: error\ndata: " + self.body(flavor) + b"\n\n"
 

@@ -135,12 +135,6 @@ def test_a_stream_that_breaks_upstream_ends_in_an_sdk_error_not_a_hang(sdk_dir, 
     assert sdk_requests(upstream) == [("POST", "/v1/responses")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the router's Responses error event has no sequence_number (errors.GatewayError.sse_event); "
-    "@ai-sdk/openai's schema requires one, so the SDK reports an AI_TypeValidationError "
-    "instead of the router's message and code",
-)
 def test_the_sdk_reads_the_routers_stream_error_event_as_the_routers_error(sdk_dir, make_router):
     router = make_router({"retries": 0})
     body = {"model": MODEL, "input": "hi", "stream": True, "mock": {"tokens": 50, "die_after": 2}}
