@@ -43,7 +43,12 @@ def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) ->
     else:
         features = name in ("router+features", "router+traces")
         target = fleet.start_router(
-            name, features, wrapper=wrapper, ready_timeout=VALGRIND_READY_S, traces=name == "router+traces"
+            name,
+            features,
+            wrapper=wrapper,
+            ready_timeout=VALGRIND_READY_S,
+            traces=name == "router+traces",
+            translated=name == "router+translated",
         )
     assert target.pid is not None
     run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm")
@@ -69,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", action="store_true", help="also the router with every feature on")
     ap.add_argument("--traces", action="store_true", help="also every feature on plus OpenTelemetry traces")
     ap.add_argument("--nginx", action="store_true", help="also nginx (one worker, no master)")
+    ap.add_argument(
+        "--translated",
+        action="store_true",
+        help="also the router translating to an Anthropic-speaking backend",
+    )
     args = ap.parse_args(argv)
     if not valgrind_available():
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "router",
         *(["router+features"] if args.features else []),
         *(["router+traces"] if args.traces else []),
+        *(["router+translated"] if args.translated else []),
     ]
     if args.nginx:
         if not nginx_available():

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("api_router.config_security", "api_router.config_usage", "api_router.config_telemetry"),
     ),
     ("config", ("api_router.config", "api_router.config_schema")),
-    ("routing", ("api_router.targets", "api_router.routing")),
+    ("routing", ("api_router.targets", "api_router.routing", "api_router.translation")),
     ("records", ("api_router.logs", "api_router.metrics", "api_router.cache")),
     ("net", ("api_router.net",)),
     (

@@ -163,6 +163,17 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+def connection_lost_error(exc: BaseException | None, streaming: bool, target: str) -> GatewayError:
+    """What the client is told when the upstream connection was lost (``exc``: why, if known)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if streaming:
+        return UpstreamBroken("the upstream connection closed in the middle of the response")
+    if exc is None:
+        return UpstreamUnreachable(f"upstream {target} closed the connection without answering")
+    return from_os_error(exc, target)
+
+
 def from_os_error(exc: BaseException, target: str) -> GatewayError:
     """Map a connect/read failure to the client-facing error (httpx's ``map_exceptions`` seam)."""
     if isinstance(exc, TimeoutError):

@@ -45,6 +45,7 @@ def plan(
     x_cache: bytes | None,
     http11: bool,
     close_after: bool,
+    dropped: tuple[str, ...] | None = None,
 ) -> ResponseHead:
     content_type = length = None
     cache_control = listed = encoded = False
@@ -71,6 +72,8 @@ def plan(
     out.append((b"x-request-id", request_id))
     if x_cache is not None:
         out.append((b"x-cache", x_cache))
+    if dropped:  # request fields a translation left out (translation.py, rule 2)
+        out.append((b"x-api-router-dropped", ",".join(dropped).encode()))
     if event_stream:
         if not cache_control:
             out.append((b"cache-control", b"no-cache"))

@@ -28,6 +28,7 @@ from api_router.core.usage import EMPTY_CHOICES, MARKER, UsageReader
 
 _CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
 NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
+TRANSLATE = 3  # every piece goes to the answer's translator (core/translate_answer.py)
 
 
 def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) -> int:

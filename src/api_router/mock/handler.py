@@ -49,7 +49,11 @@ class MockConnection(Connection):
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 model = body["model"]
         seen = {"method": method, "path": path, "headers": req.headers, "model": model}
-        self.stats.requests.append({**seen, "body_bytes": req.body_bytes, "conn_id": self.conn_id})
+        # the parsed JSON body too, when small: tests check what a translation sent
+        json_body = body if isinstance(body, dict) and req.body_bytes <= 65536 else None
+        self.stats.requests.append(
+            {**seen, "body_bytes": req.body_bytes, "conn_id": self.conn_id, "json": json_body}
+        )
         if method == "GET" and path == "/health":
             return self._json(200, {"status": "ok"}, req)
         if (simple := simple_answer(method, path, body)) is not None:  # mock/answers.py

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from random import random
 from typing import TYPE_CHECKING, Any
 
+from api_router.core.backoff import retry_after_secs, retry_delay
 from api_router.core.flow_control import UPSTREAM_FULL
-from api_router.core.http import LAST_CHUNK
+from api_router.core.http import HeaderList, header_value
 from api_router.core.stream import Ending, Phase, StreamState
-from api_router.errors import GatewayError, UpstreamUnreachable
+from api_router.errors import BadRequest, GatewayError, UpstreamUnreachable
+from api_router.net.streamed_body import StreamedBody
 from api_router.net.tasks import spawn
 from api_router.routing import Route
 from api_router.targets import Target
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from api_router.core.multipart import MultipartModelRewriter
     from api_router.net.ports import BackendGroup, ClientSide, Gateway, Runtime
     from api_router.net.upstream import UpstreamConnection
+    from api_router.translation import BackendRequests
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
@@ -43,20 +47,17 @@ class Attempts:
     # Slots: thousands of these live at once; a dict per exchange would cost ~0.7 KB each.
     __slots__ = (
         "_body",
-        "_body_chunked_upstream",
         "_body_complete",
-        "_body_length",
         "_client_key",
         "_connect_task",
         "_head",
         "_head_sent",
         "_last_error",
-        "_pending",
-        "_pending_bytes",
         "_read_timeout",
+        "_requests",
         "_retried",
         "_reused",
-        "_rewriter",
+        "_streamed",
         "_tried",
         "_upstream_full",
         "app",
@@ -99,6 +100,7 @@ class Attempts:
         client_key: str | None,
         client_name: str,
         reserve_tokens: int,
+        requests: BackendRequests | None,
     ) -> None:
         self.app = app
         self.runtime = runtime  # the config this exchange started with, to its end (runtime.py)
@@ -114,11 +116,8 @@ class Attempts:
         self.conn: UpstreamConnection | None = None
         self._head = head
         self._body = body  # a whole JSON body, kept until the first response byte (stale retry)
-        self._rewriter = rewriter
-        self._body_length = body_length  # the client's Content-Length of a streamed body
-        self._body_chunked_upstream = False
-        self._pending: list[bytes] = []  # streamed body bytes waiting for the connection
-        self._pending_bytes = 0
+        # a multipart or pass-through body, sent as it arrives (streamed_body.py)
+        self._streamed = StreamedBody(body_length, rewriter) if body is None else None
         self._body_complete = body is not None
         self._head_sent = False
         self._reused = False
@@ -136,6 +135,7 @@ class Attempts:
         self.slot_key: str | None = None  # a concurrent-stream slot this exchange holds
         self.client_name = client_name  # who is calling (core/access.py), for accounting
         self.reserve_tokens = reserve_tokens  # its tokens-per-minute estimate (core/reserve.py)
+        self._requests = requests  # each backend's own form of the request (translation.py), if any
         self.quota_ticket: object | None = None  # what quota.py reserved, settled at the end
 
     def start(self) -> None:
@@ -169,9 +169,10 @@ class Attempts:
         if self._connect_task is task:
             self._connect_task = None  # a finished task holds memory for the life of the stream
 
-    def _go(self) -> None:
-        """Pick a backend (failover excludes those tried) and use or open a connection to it."""
-        backend = self.group.pick(self.loop.time(), self._tried)
+    def _go(self, again: bool = False) -> None:
+        """Pick a backend (failover excludes those tried, unless ``again``: none else is left)
+        and use or open a connection to it."""
+        backend = self.group.pick(self.loop.time(), [] if again else self._tried)
         if backend is None:
             self._apply(self.state.upstream_failed(self._last_error or self.group.unavailable()))
             return
@@ -179,6 +180,12 @@ class Attempts:
         backend.in_flight += 1
         self._tried.append(backend.name)
         self.target = self.group.targets[backend.name]
+        if self._requests is not None:
+            try:  # its own form of the request (translation.py): one it cannot take is skipped
+                self._requests.for_target(self.target)
+            except GatewayError as refused:
+                self._backend_failed(refused, breaker_failure=False)
+                return
         conn = self.app.pool.take_idle(self.target.origin, self.loop.time())
         if conn is not None:
             self._bind(conn, reused=True)
@@ -206,10 +213,26 @@ class Attempts:
             and body is not None
             and len(body) <= RETRY_BODY_LIMIT
             and len(self._tried) <= self.group.retries
-            and self.group.has_alternative(self.loop.time(), self._tried)
+            and self.group.has_alternative(self.loop.time(), [])  # one tried may serve again, later
         )
 
-    def _backend_failed(self, error: GatewayError, *, breaker_failure: bool = True) -> None:
+    def _next_attempt(self, retry_after: float | None) -> None:
+        """Another backend at once; else one already tried, after a back-off (core/backoff.py)."""
+        group = self.group
+        if group.has_alternative(self.loop.time(), self._tried):
+            self._go()
+            return
+        wait = retry_delay(len(self._tried), retry_after, group.retry_backoff, group.max_retry_wait, random())
+        self._spawn(self._go_after(wait))
+
+    async def _go_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        if self.state.phase is Phase.AWAITING_UPSTREAM:
+            self._go(again=True)
+
+    def _backend_failed(
+        self, error: GatewayError, *, breaker_failure: bool = True, retry_after: float | None = None
+    ) -> None:
         """This backend failed before answering: try the next one, or give the client the error."""
         self._release_backend(False if breaker_failure else None)
         self._last_error = error
@@ -219,9 +242,12 @@ class Attempts:
             conn.close()
         self._head_sent = False
         self.status = 0
-        if self._can_fail_over():
+        untranslatable = isinstance(error, BadRequest)  # only another backend may take it
+        if self._can_fail_over() and (
+            not untranslatable or self.group.has_alternative(self.loop.time(), self._tried)
+        ):
             self.app.metrics.failovers.inc()
-            self._go()
+            self._next_attempt(retry_after)
         else:
             self._apply(self.state.upstream_failed(error))
 
@@ -246,60 +272,45 @@ class Attempts:
             return
         if self._body is not None:
             self._head_sent = True
-            conn.write(self._head(self.target, len(self._body)) + self._body)
+            body = self._body if self._requests is None else self._requests.for_target(self.target).body
+            conn.write(self._head(self.target, len(body)) + body)
             return
-        if self._rewriter is not None and not self._rewriter.decided:
+        streamed = self._streamed
+        if streamed is None or not streamed.ready:
             return
-        length = self._body_length
-        if self._rewriter is not None and length is not None:
-            delta = self._rewriter.length_delta
-            length = None if delta is None else length + delta
-        if self._body_length is None and self._body_complete:
-            length = self._pending_bytes  # no body, or one that ended before the head went out
-        self._body_chunked_upstream = length is None
         self._head_sent = True
-        conn.write(self._head(self.target, length))
+        conn.write(self._head(self.target, streamed.upstream_length()))
         self._flush_pending()
 
     def request_body(self, data: bytes) -> None:
         """A piece of a streamed (multipart or pass-through) client body."""
-        if self._rewriter is not None:
-            data = self._rewriter.feed(data)
-            if self._rewriter.decided and not self._head_sent:
-                self._send_request()
-        if data:
-            self._pending.append(data)
-            self._pending_bytes += len(data)
+        streamed = self._streamed
+        assert streamed is not None
+        streamed.feed(data)
         if self._head_sent:
             self._flush_pending()
-        elif self._pending_bytes > self.route.buffer_size:
+        elif streamed.ready:
+            self._send_request()  # the rewriter just decided (or it was waiting for a connection)
+        if not self._head_sent and streamed.held_bytes > self.route.buffer_size:
             self.downstream.pause_reading(UPSTREAM_FULL)  # hold at most bufferSize until it is ready
 
     def request_body_end(self) -> None:
         self._body_complete = True
-        if self._rewriter is not None:
-            tail = self._rewriter.finish()
-            if tail:
-                self._pending.append(tail)
-                self._pending_bytes += len(tail)
+        streamed = self._streamed
+        assert streamed is not None
+        streamed.end()
         if self._head_sent:
             self._flush_pending()
         else:
             self._send_request()
 
     def _flush_pending(self) -> None:
-        conn = self.conn
-        if conn is None or conn.closed:
+        conn, streamed = self.conn, self._streamed
+        if conn is None or conn.closed or streamed is None:
             return
-        pending, self._pending = self._pending, []
-        for piece in pending:
-            conn.write(b"%x\r\n%b\r\n" % (len(piece), piece) if self._body_chunked_upstream else piece)
-        if self._body_complete and self._body_chunked_upstream:
-            conn.write(LAST_CHUNK)
-            self._body_chunked_upstream = False
+        streamed.flush(conn)
         if self._body_complete:
             self.last_read = self.loop.time()  # the upstream's silence clock starts now
-        self._pending_bytes = 0
         # Only if those writes left room: a write above the upstream's high-water mark paused
         # the client (upstream_writable) and resuming here would undo it, so an upload to a
         # slow upstream was read into memory whole (80 MB upload: +72 MB RSS).
@@ -318,13 +329,19 @@ class Attempts:
         self._body = None
         self._head = _no_head
 
-    def _failed_over_on(self, status: int) -> bool:
-        """A status worth another backend, while one is left and nothing reached the client."""
+    def _failed_over_on(self, status: int, headers: HeaderList) -> bool:
+        """A status worth another attempt, while the budget lasts and nothing reached the client."""
         if status not in RETRY_STATUSES or not self._can_fail_over():
             return False
         error = UpstreamUnreachable(f"backend {self.target.origin} answered {status}", code="backend_status")
-        self._backend_failed(error, breaker_failure=status != 429)  # a busy backend is not a broken one
+        wait = retry_after_secs(header_value(headers, b"retry-after"), time.time())
+        self._backend_failed(error, breaker_failure=status != 429, retry_after=wait)  # busy is not broken
         return True
+
+    @property
+    def backend_name(self) -> str | None:
+        """The backend that answered (the last one tried), for the access line."""
+        return self._tried[-1] if self._tried else None
 
     def _resent_on_a_fresh_connection(self) -> bool:
         """A pooled connection the server had already closed: the request is resent, once."""

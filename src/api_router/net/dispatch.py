@@ -7,6 +7,7 @@ only through the connection's port, ``Answering``.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from api_router import logs
@@ -22,6 +23,7 @@ from api_router.net.request import pick_request_id
 from api_router.net.tasks import spawn
 from api_router.routing import Route, RouteKind, flavor_for_path
 from api_router.targets import Target
+from api_router.translation import BackendRequests
 
 if TYPE_CHECKING:
     from api_router.net.ports import BackendGroup, Gateway
@@ -126,6 +128,8 @@ def _start_json(conn: Answering, req: Request, route: Route) -> None:
         )
         refuse(conn, req, busy, route.flavor)
         return
+    # each backend's own form of it, when a backend has its own API or model (translation.py)
+    requests = BackendRequests(runtime.router, route, prepared, int(time.time())) if group.rewrites else None
     cache = runtime.cache
     if cache is None or prepared.stream or not runtime.cacheable(prepared.body):
         _begin(
@@ -138,6 +142,7 @@ def _start_json(conn: Answering, req: Request, route: Route) -> None:
             model=prepared.model,
             strip_usage=prepared.strip_usage,
             reserve_tokens=reservation(prepared.body, len(prepared.raw)),
+            requests=requests,
         )
         return
     control = header_value(req.headers, b"cache-control") or b""
@@ -151,25 +156,35 @@ def _start_json(conn: Answering, req: Request, route: Route) -> None:
             group=group,
             x_cache=b"BYPASS",
             model=prepared.model,
+            requests=requests,
         )
         return
     key = make_cache_key(route.path, prepared.body, None)
     if cache.answers_now:  # in process: no task per lookup
-        _answer_cached(conn, req, route, prepared.raw, group, key, cache.get_now(key), prepared.model)
+        _answer_cached(
+            conn, req, route, prepared.raw, group, key, cache.get_now(key), prepared.model, requests
+        )
     else:
         conn.fetching = True
-        spawn(_lookup_then_answer(conn, req, route, prepared.raw, group, key, prepared.model))
+        spawn(_lookup_then_answer(conn, req, route, prepared.raw, group, key, prepared.model, requests))
 
 
 async def _lookup_then_answer(
-    conn: Answering, req: Request, route: Route, body: bytes, group: BackendGroup, key: str, model: str | None
+    conn: Answering,
+    req: Request,
+    route: Route,
+    body: bytes,
+    group: BackendGroup,
+    key: str,
+    model: str | None,
+    requests: BackendRequests | None,
 ) -> None:
     cache = req.runtime.cache
     assert cache is not None
     cached = await cache.get(key)
     conn.fetching = False
     if not conn.closed:
-        _answer_cached(conn, req, route, body, group, key, cached, model)
+        _answer_cached(conn, req, route, body, group, key, cached, model, requests)
         conn.answer_queued()
 
 
@@ -182,6 +197,7 @@ def _answer_cached(
     key: str,
     cached: CachedResponse | None,
     model: str | None,
+    requests: BackendRequests | None,
 ) -> None:
     if cached is None:
         _begin(
@@ -194,6 +210,7 @@ def _answer_cached(
             cache_key=key,
             x_cache=b"MISS",
             model=model,
+            requests=requests,
         )
         return
     headers = [*cached.headers, (b"x-request-id", req.request_id), (b"x-cache", b"HIT")]
@@ -225,6 +242,7 @@ def _begin(
     model: str | None = None,
     strip_usage: bool = False,
     reserve_tokens: int = 0,
+    requests: BackendRequests | None = None,
 ) -> Forwarder:
     runtime = req.runtime
     router = runtime.router
@@ -235,8 +253,9 @@ def _begin(
         span = tracing.start(route.path, route.flavor.system, model, mapped, headers, req.started_at)
 
     def head(target: Target, body_length: int | None) -> bytes:
+        sent = route if requests is None else requests.for_target(target).route  # another API's path
         return router.upstream_head(
-            route, target, headers, query, body_length, request_id, peer, streaming, req.method, req.path
+            sent, target, headers, query, body_length, request_id, peer, streaming, req.method, req.path
         )
 
     forwarder = Forwarder(
@@ -260,6 +279,7 @@ def _begin(
         strip_usage=strip_usage,
         reserve_tokens=reserve_tokens,
         span=span,
+        requests=requests,
     )
     conn.exchange_started(forwarder, req.keep_alive, route.buffer_size)
     forwarder.start()

@@ -17,16 +17,10 @@ from typing import TYPE_CHECKING, Any
 from api_router.core.http import CRLF, LAST_CHUNK, Framing, HeaderList, chunk_head
 from api_router.core.response_head import plan as plan_head
 from api_router.core.stream import Ending, Phase
+from api_router.core.translate_answer import AnswerTranslator
 from api_router.core.usage import Usage, UsageReader
-from api_router.core.usage_filter import NOTHING, SCAN, UsageChunkFilter, read_mode
-from api_router.errors import (
-    GatewayError,
-    ServiceUnavailable,
-    UpstreamBroken,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-    from_os_error,
-)
+from api_router.core.usage_filter import NOTHING, SCAN, TRANSLATE, UsageChunkFilter, read_mode
+from api_router.errors import GatewayError, ServiceUnavailable, UpstreamTimeout, connection_lost_error
 from api_router.net.attempts import Attempts
 from api_router.routing import Route, RouteKind
 from api_router.targets import Target
@@ -35,6 +29,7 @@ if TYPE_CHECKING:
     from api_router.core.multipart import MultipartModelRewriter
     from api_router.net.ports import BackendGroup, ClientSide, Gateway, Runtime
     from api_router.net.upstream import UpstreamConnection
+    from api_router.translation import BackendRequests
 
 
 class Forwarder(Attempts):
@@ -52,6 +47,7 @@ class Forwarder(Attempts):
         "_scan_pieces",
         "_strip_usage",
         "_timer",
+        "_translator",
         "_usage_filter",
         "_x_cache",
         "cache_key",
@@ -90,6 +86,7 @@ class Forwarder(Attempts):
         strip_usage: bool = False,
         reserve_tokens: int = 0,
         span: object | None = None,
+        requests: BackendRequests | None = None,
     ) -> None:
         super().__init__(
             app,
@@ -107,6 +104,7 @@ class Forwarder(Attempts):
             client_key=client_key,
             client_name=client_name,
             reserve_tokens=reserve_tokens,
+            requests=requests,
         )
         self._framing = Framing.CHUNKED
         self.ttfb: float | None = None
@@ -132,6 +130,7 @@ class Forwarder(Attempts):
         self._scan_pieces = NOTHING
         self._read_found = False  # the last read held a usage object (UsageReader.read)
         self._usage_filter: UsageChunkFilter | None = None
+        self._translator: AnswerTranslator | None = None  # the answer is in the other API (translation.py)
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
         self.cost_usd: float | None = None  # its price (App.account), None: no price known
         self.span: Any = span  # its OpenTelemetry span (tracing.py), ended by App.account
@@ -150,20 +149,19 @@ class Forwarder(Attempts):
     def upstream_head(self, status: int, headers: HeaderList) -> None:
         if status < 200:
             return  # 1xx interim responses are not forwarded
-        if self._failed_over_on(status):
+        if self._failed_over_on(status, headers):
             return
         now = self.loop.time()
         self.status = status
         self.ttfb = time.perf_counter() - self.started_at
         self._no_more_attempts()
-        head = plan_head(
-            status,
-            headers,
-            self.request_id,
-            self._x_cache,
-            self.downstream.http11,
-            self.downstream.close_after,
-        )
+        requests, extra = self._requests, None
+        translator = requests.answer_translator(self.target) if requests is not None else None
+        if translator is not None and requests is not None:  # its body changes, and so its length
+            headers = [item for item in headers if item[0] != b"content-length"]
+            extra = requests.for_target(self.target).dropped
+        http11, close_after = self.downstream.http11, self.downstream.close_after
+        head = plan_head(status, headers, self.request_id, self._x_cache, http11, close_after, extra)
         is_sse, self._framing = head.is_sse, head.framing
         if (
             self._x_cache is not None
@@ -177,10 +175,13 @@ class Forwarder(Attempts):
         if reader is not None:
             if status >= 300:
                 self.usage_reader = None  # an error or a redirect reports no usage
-            elif is_sse and self._strip_usage:
+            elif is_sse and self._strip_usage and translator is None:
                 strip = self._usage_filter = UsageChunkFilter(reader, self.route.buffer_size)
                 # the rest of this read (usually all of a short answer), judged with the filter
                 self._scan_pieces = read_mode(reader, strip, self._read_found)
+        if translator is not None:  # the answer is in the other API: every piece is translated
+            translator.start(status, head.event_stream)
+            self._translator, self._scan_pieces = translator, TRANSLATE
         self._out.append(head.raw)
         self.state.response_started(is_sse)
         self.last_read = now
@@ -195,12 +196,16 @@ class Forwarder(Attempts):
         reader = self.usage_reader
         if reader is not None:
             found = self._read_found = reader.read(buffer, nbytes)
-            self._scan_pieces = read_mode(reader, self._usage_filter, found)
+            if self._translator is None:  # else every piece goes through it (TRANSLATE)
+                self._scan_pieces = read_mode(reader, self._usage_filter, found)
 
     def upstream_body(self, data: bytes) -> None:
         """The hot path: one call per body piece of an upstream read; allocates only the chunk header."""
         mode = self._scan_pieces
         if mode:  # else nothing in this read concerns the usage chunk (the usual read)
+            if mode == TRANSLATE:
+                self._filtered_body(self._translator.feed(data))  # type: ignore[union-attr]
+                return
             strip = self._usage_filter
             if strip is not None and (mode == SCAN or strip.holding or not data.endswith(b"\n\n")):
                 self._filtered_body(strip.feed(data, mode == SCAN))
@@ -254,17 +259,7 @@ class Forwarder(Attempts):
         phase = self.state.phase
         if self._resent_on_a_fresh_connection():
             return
-        error: GatewayError
-        if isinstance(exc, GatewayError):
-            error = exc
-        elif phase is Phase.STREAMING:
-            error = UpstreamBroken("the upstream connection closed in the middle of the response")
-        elif exc is None:
-            error = UpstreamUnreachable(
-                f"upstream {self.target.origin} closed the connection without answering"
-            )
-        else:
-            error = from_os_error(exc, str(self.target.origin))
+        error = connection_lost_error(exc, phase is Phase.STREAMING, str(self.target.origin))
         if phase is Phase.AWAITING_UPSTREAM and self.status == 0:
             self._backend_failed(error)
             return
@@ -356,12 +351,14 @@ class Forwarder(Attempts):
         elif ending.close_downstream:
             self.downstream.abort()
         else:
-            strip = self._usage_filter
+            strip, translator = self._usage_filter, self._translator
             if strip is not None and ending.reason == "completed":
                 held = strip.finish()  # an unfinished last event: forwarded as it came
                 if held:
                     self.state.data(held)
                     self.upstream_body_write(held)
+            if translator is not None and ending.reason == "completed":
+                self._filtered_body(translator.finish())  # a held JSON answer, translated
             if ending.trailer:
                 self.upstream_body_write(ending.trailer)
             if self._framing is Framing.CHUNKED:
@@ -387,11 +384,6 @@ class Forwarder(Attempts):
         self.app.metrics.exchange_finished(self, reason)
         self.runtime.account(self, reason)
         self.runtime.access_log(self, reason)
-
-    @property
-    def backend_name(self) -> str | None:
-        """The backend that answered (the last one tried), for the access line."""
-        return self._tried[-1] if self._tried else None
 
     def __repr__(self) -> str:
         return (
