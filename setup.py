@@ -28,6 +28,8 @@ COMPILED = [
     "src/api_router/core/response_head.py",
     "src/api_router/core/sse.py",
     "src/api_router/core/stream.py",
+    "src/api_router/core/translate_answer.py",
+    "src/api_router/core/translate_stream.py",
     "src/api_router/core/usage.py",
     "src/api_router/core/usage_filter.py",
     "src/api_router/metrics.py",

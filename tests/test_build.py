@@ -19,6 +19,8 @@ COMPILED = [
     "api_router.core.response_head",
     "api_router.core.sse",
     "api_router.core.stream",
+    "api_router.core.translate_answer",
+    "api_router.core.translate_stream",
     "api_router.core.usage",
     "api_router.core.usage_filter",
     "api_router.metrics",
