@@ -40,23 +40,21 @@ def _claude(router: RouterProcess) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=router.url, api_key="client-key", max_retries=0, timeout=20)
 
 
+def _speaking(upstream: Any, api: str, model: str) -> RouterProcess:
+    """A router whose one backend (the mock) speaks ``api`` and calls the model ``model``."""
+    config = {"apiKeyEnv": "PROVIDER_KEY", "backends": [{"url": upstream.url, "api": api, "model": model}]}
+    return RouterProcess(config, env=KEY_ENV)
+
+
 @pytest.fixture
 def on_anthropic(upstream: Any) -> Any:
-    config = {
-        "apiKeyEnv": "PROVIDER_KEY",
-        "backends": [{"url": upstream.url, "api": "anthropic", "model": "claude-m"}],
-    }
-    with RouterProcess(config, env=KEY_ENV) as router:
+    with _speaking(upstream, "anthropic", "claude-m") as router:
         yield router
 
 
 @pytest.fixture
 def on_openai(upstream: Any) -> Any:
-    config = {
-        "apiKeyEnv": "PROVIDER_KEY",
-        "backends": [{"url": upstream.url, "api": "openai", "model": "gpt-m"}],
-    }
-    with RouterProcess(config, env=KEY_ENV) as router:
+    with _speaking(upstream, "openai", "gpt-m") as router:
         yield router
 
 

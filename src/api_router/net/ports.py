@@ -49,24 +49,14 @@ class Admitted(Protocol):
     def reserve_tokens(self) -> int: ...
 
 
-class Exchange(Protocol):
+class Exchange(Admitted, Protocol):
     """What the app reads (and admission writes) off one exchange (a ``Forwarder``)."""
 
-    quota_ticket: object | None  # what quota.py reserved, settled by ``Gateway.account``
-    slot_key: str | None  # the concurrent-stream slot taken by admission, released by net/
     cost_usd: float | None  # priced by accounting.py
     span: Any  # its OpenTelemetry span (tracing.py)
     published_bytes: int  # metrics.Exchange
     published_heartbeats: int
 
-    @property
-    def route(self) -> Route: ...
-    @property
-    def streaming(self) -> bool: ...
-    @property
-    def client_name(self) -> str: ...
-    @property
-    def reserve_tokens(self) -> int: ...
     @property
     def model(self) -> str | None: ...
     @property
