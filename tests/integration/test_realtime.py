@@ -98,10 +98,62 @@ def handshake(request_id: str, port: int) -> bytes:
     ).encode()
 
 
-def masked_text_frame(text: str) -> bytes:
-    payload, mask = text.encode(), os.urandom(4)
-    assert len(payload) < 126
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One final client frame (RFC 6455 §5.2), masked as a client must; 0x1 text, 0x2 binary."""
+    mask = os.urandom(4)
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    else:
+        length = bytes([0x80 | 127]) + len(payload).to_bytes(8, "big")
+    key = (mask * (len(payload) // 4 + 1))[: len(payload)]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(len(payload), "big")
+    return bytes([0x80 | opcode]) + length + mask + masked
+
+
+def raw_session(router: Any, request_id: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=WAIT_S)
+    sock.sendall(handshake(request_id, router.port))
+    head = RawResponse(sock)
+    assert head.status == 101, head.headers
+    return sock
+
+
+FRAME = 64 * 1024
+PUSH = 64 * 1024 * 1024  # far more than every socket buffer on the way together
+
+
+def test_a_client_that_does_not_read_stops_the_upstream_being_read(router: Any) -> None:
+    """The echo comes back faster than the client reads (it does not): the router stops reading
+    the upstream rather than buffering the echo; its memory stays flat while 64 MiB go through."""
+    sock = raw_session(router, "rt-client-full")
+    frame = masked_frame(os.urandom(FRAME))
+    before = router.rss_kb()
+    for _ in range(PUSH // FRAME):
+        sock.sendall(frame)  # the upstream reads it all (and buffers its echo, unread by us)
+    grown_mb = (router.rss_kb() - before) / 1024
+    sock.close()
+    assert grown_mb < 16, f"router RSS grew {grown_mb:.0f} MB relaying to a client that does not read"
+
+
+def test_an_upstream_that_does_not_read_stops_the_client_being_read(make_router: Any) -> None:
+    """The other way: the client is read no faster than the upstream reads (it stops). Neither
+    side is read then, so neither's close can be seen (asyncio reads nothing while paused): the
+    session lasts until the router drains, which a short drainTimeoutSecs makes quick here."""
+    router = make_router({"drainTimeoutSecs": 0.5})
+    sock = raw_session(router, "rt-upstream-full")
+    sock.sendall(masked_frame(b"stop reading", opcode=0x1))  # the echo reads nothing more
+    frame = masked_frame(os.urandom(FRAME))
+    before, sent = router.rss_kb(), 0
+    sock.settimeout(1.0)
+    try:
+        while sent < PUSH:
+            sent += sock.send(frame)
+    except TimeoutError:
+        pass  # blocked: the router stopped reading us
+    grown_mb = (router.rss_kb() - before) / 1024
+    sock.close()
+    assert sent < PUSH // 2, f"the router read {sent >> 20} MiB it could not forward"
+    assert grown_mb < 16, f"router RSS grew {grown_mb:.0f} MB"
 
 
 def test_a_client_that_drops_the_connection_ends_the_upstream_session(
@@ -119,7 +171,7 @@ def test_a_client_that_drops_the_connection_ends_the_upstream_session(
 
 def test_frames_sent_with_the_handshake_reach_the_upstream_after_the_101(router: Any) -> None:
     sock = socket.create_connection(("127.0.0.1", router.port), timeout=WAIT_S)
-    sock.sendall(handshake("rt-early", router.port) + masked_text_frame("early bird"))
+    sock.sendall(handshake("rt-early", router.port) + masked_frame(b"early bird", opcode=0x1))
     data = b""
     while b"early bird" not in data:
         more = sock.recv(65536)

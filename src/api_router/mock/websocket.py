@@ -2,7 +2,8 @@
 
 The handshake is answered 101 (RFC 6455 §4.2.2) and framing is wsproto's (sans-IO): every text or
 binary message comes back as it was sent, pings are answered, a client's close is answered and
-the connection closed, and the text ``close`` makes the echo close first (code 1000). Each
+the connection closed, the text ``close`` makes the echo close first (code 1000), and the text
+``stop reading`` makes it stop reading its connection for good (a peer that never reads). Each
 session is recorded (``WebSocketRecord``: the handshake's headers, what was echoed, how it
 ended); ``GET /_websocket?request_id=ID`` waits for that session to end and answers its record,
 so a test awaits the close instead of polling for it.
@@ -22,6 +23,7 @@ from wsproto.utilities import generate_accept_token
 
 REALTIME_PATH = "/v1/realtime"
 CLOSE_COMMAND = "close"
+STOP_READING_COMMAND = "stop reading"
 KEEP_SESSIONS = 200
 
 
@@ -73,6 +75,8 @@ class WebSocketSessions:
 class Wire(Protocol):
     """What the echo writes through (the mock's connection)."""
 
+    transport: asyncio.Transport | None
+
     def _write(self, data: bytes) -> None: ...
     def close(self) -> None: ...
 
@@ -123,6 +127,9 @@ class WebSocketEcho:
             self.wire._write(self.framing.send(CloseConnection(code=1000, reason="echo closing")))
             self.record.end("echo_closed")
             self.wire.close()  # after the close frame; the client's answer is not awaited
+            return
+        if message == STOP_READING_COMMAND and self.wire.transport is not None:
+            self.wire.transport.pause_reading()
             return
         if isinstance(message, str):
             self.wire._write(self.framing.send(TextMessage(data=message)))

@@ -11,7 +11,8 @@ Rule 1: from its request on, the client connection is the tunnel's: the transpor
 Rule 2: backpressure: an end whose peer does not read (pause_writing) stops the reading of the
         other end until it drains (resume_writing); neither buffer grows much past bufferSize.
 Rule 3: a close on either end (EOF, reset, close) closes the other once what was written to it
-        (a close frame, say) is flushed; the access line is written then, once.
+        (a close frame, say) is flushed, within LINGER_SECS (then it is aborted: a peer that
+        does not read must not hold the connection); the access line is written then, once.
 Rule 4: an upstream that refuses the upgrade is answered for: its status, headers and body go to
         the client as an ordinary response, then the connection closes; one that cannot be
         reached is a 502 (504 when it does not answer within timeouts.readSecs).
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from api_router.net.ports import Gateway
     from api_router.net.request import Request
 
+LINGER_SECS = 5.0  # as nginx's lingering_timeout
 _MAX_REFUSAL_BODY = 1 << 20  # an upstream's refusal is a small error body; more is a broken upstream
 # Framing is the router's; the request id the client knows is the router's.
 _NOT_FORWARDED = frozenset({b"content-length", b"x-request-id"})
@@ -318,10 +320,16 @@ class Tunnel:
             self.timer.cancel()
             self.timer = None
         self.conn.fetching = False
-        if not self.client.lost:
-            self.conn.close()
-        if self.upstream.transport is not None and not self.upstream.lost:
-            self.upstream.transport.close()
+        loop = self.conn.app.loop
+        for end in (self.client, self.upstream):
+            transport = end.transport
+            if transport is not None and not end.lost:
+                if end is self.client:
+                    self.conn.close()
+                else:
+                    transport.close()
+                if transport.get_write_buffer_size():  # not flushed yet: it gets a while (rule 3)
+                    loop.call_later(LINGER_SECS, transport.abort)
         self.conn.app.metrics.local_response(self.route.path, status)
         logs.local_access_line(
             self.req.request_id,
