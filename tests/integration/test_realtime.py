@@ -23,6 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.integration.test_streaming import wait_for
 from tests.rawhttp import RawResponse
+from tests.router_process import RouterProcess
 from tests.upstream_process import UpstreamProcess
 
 ROUTER_KEY = "sk-router-realtime-4e1b"  # the router's provider key (apiKeyEnv)
@@ -260,3 +261,16 @@ def test_shutdown_closes_open_tunnels(make_router: Any, upstream: UpstreamProces
             ws.recv(timeout=WAIT_S)
     record = upstream.websocket_ended("rt-shutdown", WAIT_S)
     assert record is not None and record["end_reason"] in ("client_closed", "peer_gone")
+
+
+def test_a_backend_that_cannot_be_reached_is_failed_over(upstream: UpstreamProcess) -> None:
+    """Two backends, one down: with a retry every session gets through (as other routes' failover)."""
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    config = {"backends": [{"url": dead}, {"url": upstream.url}], "retries": 1}
+    with RouterProcess(config) as router:
+        for n in range(3):  # whichever the balancer picks first
+            with open_session(router, f"rt-failover-{n}") as ws:
+                ws.send(f"through {n}")
+                assert ws.recv(timeout=WAIT_S) == f"through {n}"

@@ -21,6 +21,7 @@ Rule 4: an upstream that refuses the upgrade is answered for: its status, header
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -34,8 +35,10 @@ from api_router.net.upstream import MAX_RESPONSE_HEAD_BYTES, MAX_RESPONSE_HEADER
 from api_router.routing import Route, RouteKind
 
 if TYPE_CHECKING:
+    from api_router.core.balancer import Backend
     from api_router.net.ports import Gateway
     from api_router.net.request import Request
+    from api_router.targets import Target
 
 LINGER_SECS = 5.0  # as nginx's lingering_timeout
 _MAX_REFUSAL_BODY = 1 << 20  # an upstream's refusal is a small error body; more is a broken upstream
@@ -139,7 +142,9 @@ class Tunnel:
         self.open = self.done = False
         self.upstream_full = False  # the upstream does not read: the client is not read (rule 2)
         self.to_client = self.to_upstream = 0  # bytes relayed after the 101, each way
+        self.backend: Backend | None = None
         self.backend_name: str | None = None
+        self.judged = False  # the backend's breaker has heard how the handshake went
         self.timer: asyncio.TimerHandle | None = None
         # what admission reads and writes (ports.Admitted): a tunnel holds no stream slot or quota
         self.quota_ticket: object | None = None
@@ -167,29 +172,67 @@ class Tunnel:
                 refused = runtime.admit_now(self, key) if now else await runtime.admit(self, key)
                 if refused is not None:
                     raise refused
-            group = runtime.backends.group(route.backend_group)
-            backend = group.pick(app.loop.time(), [])
-            if backend is None:
-                raise group.unavailable()
-            target = group.targets[backend.name]
-            self.backend_name = backend.name
-            head = runtime.router.upstream_head(
-                route, target, req.headers, req.query, 0, req.request_id, peer, False, req.method, req.path
-            )
-            if not self.done:
-                await app.pool.open_raw(target.origin, lambda: self.upstream)
+            target = await self._open_upstream()
         except GatewayError as error:
             self.refuse(error)
             return
         transport = self.upstream.transport
-        if self.done:  # the client left meanwhile
+        if self.done or transport is None:  # the client left meanwhile
             if transport is not None:
                 transport.close()
             return
-        assert transport is not None
+        head = runtime.router.upstream_head(
+            route, target, req.headers, req.query, 0, req.request_id, peer, False, req.method, req.path
+        )
         transport.set_write_buffer_limits(high=route.buffer_size)
         transport.write(head)
         self.timer = app.loop.call_later(runtime.read_timeout, self._timed_out)
+
+    async def _open_upstream(self) -> Target:
+        """A connection to a backend of the route's group; one that cannot be reached counts
+        against its breaker and the next is tried, up to the group's retries (as net/attempts.py)."""
+        app = self.conn.app
+        group = self.req.runtime.backends.group(self.route.backend_group)
+        tried: list[str] = []
+        error: GatewayError | None = None
+        while len(tried) <= group.retries and not self.done:
+            backend = group.pick(app.loop.time(), tried)
+            if backend is None:
+                break
+            tried.append(backend.name)
+            self.backend, self.backend_name = backend, backend.name
+            backend.in_flight += 1  # for the session's life: least-connections sees it
+            target = group.targets[backend.name]
+            try:
+                await app.pool.open_raw(target.origin, lambda: self.upstream)
+            except GatewayError as failed:
+                self._verdict(False)
+                self._release_backend()
+                error = failed
+                continue
+            return target
+        raise error or group.unavailable()
+
+    def _verdict(self, success: bool | None) -> None:
+        """The backend's breaker hears how the handshake went, once (True: it answered)."""
+        backend = self.backend
+        if backend is None or self.judged:
+            return
+        self.judged = True
+        now = self.conn.app.loop.time()
+        if success is True:
+            backend.breaker.record_success(now)
+        elif success is False:
+            backend.breaker.record_failure(now)
+        else:
+            backend.breaker.abandon(now)
+        elapsed = time.perf_counter() - self.req.started_at
+        self.conn.app.metrics.backend_result(backend.name, success, elapsed)
+
+    def _release_backend(self) -> None:
+        backend, self.backend, self.judged = self.backend, None, False
+        if backend is not None:
+            backend.in_flight -= 1
 
     # -- what the ends report -----------------------------------------------------------
     def received(self, end: _End, data: bytes) -> None:
@@ -275,6 +318,7 @@ class Tunnel:
     def _switch(self, rest: bytes) -> None:
         """The upstream switched: the client gets the 101, then the bytes start flowing."""
         self.parser = None
+        self._verdict(True)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -297,6 +341,7 @@ class Tunnel:
         if self.done:
             return
         self.parser = None
+        self._verdict(self.status < 500)
         headers = end_to_end(self.headers, _NOT_FORWARDED)
         headers += [(b"x-request-id", self.req.request_id), (b"connection", b"close")]
         body = bytes(self.body)
@@ -308,6 +353,7 @@ class Tunnel:
         """An answer of the router's own (502, 504, a limit); then both ends close."""
         if self.done:
             return
+        self._verdict(False)  # no verdict yet: the backend failed (or was never reached)
         sent = self.conn.send_error(error, self.route.flavor, self.req.request_id, keep_alive=False)
         self._finish(error.status, max(sent, 0), "rejected")
 
@@ -319,6 +365,8 @@ class Tunnel:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._verdict(None)  # the client left before the upstream answered
+        self._release_backend()
         self.conn.fetching = False
         loop = self.conn.app.loop
         for end in (self.client, self.upstream):
