@@ -274,3 +274,31 @@ def test_a_backend_that_cannot_be_reached_is_failed_over(upstream: UpstreamProce
             with open_session(router, f"rt-failover-{n}") as ws:
                 ws.send(f"through {n}")
                 assert ws.recv(timeout=WAIT_S) == f"through {n}"
+
+
+def silent_upstream(hung_up: threading.Event) -> Any:
+    """An upstream that takes the handshake and never answers; ``hung_up`` once the router closes."""
+
+    def behave(conn: socket.socket, stop: threading.Event) -> None:
+        conn.settimeout(WAIT_S)
+        if conn.recv(1) == b"":
+            hung_up.set()
+
+    return behave
+
+
+def test_a_client_leaving_during_the_handshake_closes_the_upstream(router_for: Any) -> None:
+    hung_up = threading.Event()
+    router = router_for(silent_upstream(hung_up))
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=WAIT_S)
+    sock.sendall(handshake("rt-left-early", router.port))
+    sock.close()
+    assert hung_up.wait(WAIT_S), "the router kept the upstream handshake open for a client that left"
+
+
+def test_an_upstream_that_does_not_answer_the_handshake_is_a_504(router_for: Any) -> None:
+    router = router_for(silent_upstream(threading.Event()), timeouts={"readSecs": 0.5})
+    with pytest.raises(InvalidStatus) as refused:
+        open_session(router, "rt-silent")
+    assert refused.value.response.status_code == 504
+    assert json.loads(refused.value.response.body or b"")["error"]["code"] == "upstream_timeout"

@@ -47,7 +47,6 @@ class FakeClient:
         self.app = SimpleNamespace(loop=FakeLoop(), metrics=FakeMetrics())
         self.peer = "127.0.0.1"
         self.transport = FakeTransport()
-        self.transport.reading = False  # Tunnel.start pauses it until the 101 (rule 1)
         self.fetching = True
         self.lost = False
 
@@ -88,7 +87,7 @@ def test_early_bytes_wait_for_the_101_both_ways() -> None:
     assert b"x-request-id: rid-1" in head
     assert rest == b"early server frame"
     assert upstream.written == [b"early client frame"]
-    assert client.transport.reading  # read from the 101 on
+    assert client.transport.reading
 
 
 def test_each_ends_pause_writing_pauses_reading_the_other() -> None:
@@ -107,12 +106,20 @@ def test_each_ends_pause_writing_pauses_reading_the_other() -> None:
     assert upstream.written[-1] == b"frame" and client.transport.written[-1] == b"echo"
 
 
+def test_early_bytes_are_bounded_by_the_buffer_size() -> None:
+    made, client, upstream = tunnel()
+    made.client.data_received(b"x" * 8000)
+    assert client.transport.reading  # still read: a client leaving during the handshake is seen
+    made.client.data_received(b"x" * 192)  # 8192 bytes wait: the route's bufferSize
+    assert not client.transport.reading
+    made.upstream.data_received(SWITCH)
+    assert client.transport.reading and upstream.written == [b"x" * 8192]
+
+
 def test_an_upstream_that_stops_reading_before_the_101_keeps_the_client_paused_after_it() -> None:
     made, client, _ = tunnel()
     made.upstream.pause_writing()
-    made.upstream.resume_writing()
-    assert not client.transport.reading  # before the 101 the client is not read at all
-    made.upstream.pause_writing()
+    assert client.transport.reading  # early bytes wait in the tunnel, bounded (above)
     made.upstream.data_received(SWITCH)
     assert not client.transport.reading
     made.upstream.resume_writing()

@@ -6,8 +6,9 @@ upstream's answer comes back. After a 101 the connection is no longer HTTP: byte
 both ways verbatim, the router parses no frames.
 
 Rule 1: from its request on, the client connection is the tunnel's: the transport is switched to
-        the tunnel's client end at once, read paused until the 101, so frames a client sends
-        early wait here (never in an HTTP parser) and go upstream after the 101.
+        the tunnel's client end at once, so frames a client sends early wait here (never in an
+        HTTP parser; reading pauses once bufferSize bytes wait) and go upstream after the 101.
+        The client is still read meanwhile, so a client that leaves during the handshake is seen.
 Rule 2: backpressure: an end whose peer does not read (pause_writing) stops the reading of the
         other end until it drains (resume_writing); neither buffer grows much past bufferSize.
 Rule 3: a close on either end (EOF, reset, close) closes the other once what was written to it
@@ -158,7 +159,6 @@ class Tunnel:
         conn.fetching = True  # busy, as a fetch is: a drain gives the session its grace (App.drain)
         transport = conn.transport
         transport.set_protocol(self.client)  # rule 1
-        transport.pause_reading()
         transport.set_write_buffer_limits(high=self.route.buffer_size)
         spawn(self._connect())
 
@@ -244,6 +244,8 @@ class Tunnel:
                 cast(asyncio.Transport, self.upstream.transport).write(data)
             else:
                 self.early += data
+                if len(self.early) >= self.route.buffer_size:  # enough waits (rule 1)
+                    _read(self.client.transport, False)
         elif self.open:
             self.to_client += len(data)
             cast(asyncio.Transport, self.client.transport).write(data)
@@ -333,8 +335,7 @@ class Tunnel:
             self.to_upstream += len(self.early)
             cast(asyncio.Transport, self.upstream.transport).write(bytes(self.early))
             self.early = bytearray()
-        if not self.upstream_full:
-            _read(self.client.transport, True)
+        _read(self.client.transport, not self.upstream_full)  # paused if early bytes filled up
 
     def _answer_refusal(self) -> None:
         """Rule 4: the upstream's own answer, as an ordinary response that closes."""
