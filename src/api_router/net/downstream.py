@@ -189,14 +189,14 @@ class DownstreamProtocol(asyncio.Protocol):
         req.request_id = pick_request_id(request_id)
         self._arm(req.runtime.body_timeout)  # idle time allowed between body bytes
         req.resolve_target()
-        idle = self.exchange is None and not self.fetching and not self._queue
-        # an h2c offer is ignored, a WebSocket one may be a tunnel's (net/tunnel.py)
-        upgrade = upgrade_refused(req, parser.should_upgrade(), length, idle)
+        route, idle = req.route, self.exchange is None and not self.fetching and not self._queue
+        upgrade = parser.should_upgrade()
+        if upgrade or (isinstance(route, Route) and route.kind is RouteKind.TUNNEL):  # net/tunnel.py
+            upgrade = upgrade_refused(req, upgrade, length, idle)  # h2c ignored, websocket a tunnel's
         error = refusal(version, upgrade, req.method, bad_coding)
         if error is not None:
             self.reject_and_close(error)
             raise error  # stop parsing: nothing after this head may be read as a request
-        route = req.route
         if not isinstance(route, Route):
             return
         limit = req.body_limit()
