@@ -302,3 +302,24 @@ def test_an_upstream_that_does_not_answer_the_handshake_is_a_504(router_for: Any
         open_session(router, "rt-silent")
     assert refused.value.response.status_code == 504
     assert json.loads(refused.value.response.body or b"")["error"]["code"] == "upstream_timeout"
+
+
+def test_access_control_applies_and_the_gateway_key_never_goes_upstream(
+    make_router: Any, upstream: UpstreamProcess
+) -> None:
+    gateway_key = "sk-gateway-realtime-77aa"
+    router = make_router(
+        {"apiKeyEnv": "REALTIME_KEY", "clients": [{"name": "team-a", "keyEnv": "TEAM_A_KEY"}]},
+        env={"REALTIME_KEY": ROUTER_KEY, "TEAM_A_KEY": gateway_key},
+    )
+    with pytest.raises(InvalidStatus) as refused:
+        open_session(router, "rt-no-gateway-key")  # CLIENT_KEY is no key to this router
+    assert refused.value.response.status_code == 401
+    headers = {"Authorization": f"Bearer {gateway_key}", "X-Request-ID": "rt-gateway"}
+    with connect(ws_url(router), additional_headers=headers, open_timeout=WAIT_S) as ws:
+        ws.send("team a")
+        assert ws.recv(timeout=WAIT_S) == "team a"
+    seen = seen_by_upstream(upstream, "rt-gateway")
+    assert seen["authorization"] == f"Bearer {ROUTER_KEY}" and gateway_key not in json.dumps(seen)
+    refused_ids = {dict(r["headers"]).get("x-request-id") for r in upstream.requests()}
+    assert "rt-no-gateway-key" not in refused_ids  # refused by the router, never sent upstream
