@@ -13,11 +13,13 @@ import base64
 import json
 import os
 import socket
+import ssl
 import threading
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -323,3 +325,29 @@ def test_access_control_applies_and_the_gateway_key_never_goes_upstream(
     assert seen["authorization"] == f"Bearer {ROUTER_KEY}" and gateway_key not in json.dumps(seen)
     refused_ids = {dict(r["headers"]).get("x-request-id") for r in upstream.requests()}
     assert "rt-no-gateway-key" not in refused_ids  # refused by the router, never sent upstream
+
+
+def test_tls_on_both_sides(tmp_path: Any) -> None:
+    """wss:// to the router (TLS terminated there) and TLS to the upstream (upstreamTls): the
+    tunnel takes over a TLS transport, and opens its upstream with the pool's TLS context."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with UpstreamProcess(certfile=str(cert_file), keyfile=str(key_file)) as tls_upstream:
+        config = {
+            "baseUrl": tls_upstream.url,
+            "upstreamTls": {"caFile": str(ca_file)},
+            "tls": {"certFile": str(cert_file), "keyFile": str(key_file)},
+        }
+        with RouterProcess(config) as router:
+            assert router.url.startswith("https://")
+            context = ssl.create_default_context(cafile=str(ca_file))
+            url = router.url.replace("https", "wss", 1) + "/v1/realtime"
+            large = os.urandom(100_000)
+            with connect(url, ssl=context, open_timeout=WAIT_S, close_timeout=WAIT_S) as ws:
+                for message in ("over tls", large):
+                    ws.send(message)
+                    assert ws.recv(timeout=WAIT_S) == message
