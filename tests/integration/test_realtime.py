@@ -23,6 +23,7 @@ import trustme
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.integration.conftest import chat
 from tests.integration.test_streaming import wait_for
 from tests.rawhttp import RawResponse
 from tests.router_process import RouterProcess
@@ -351,3 +352,22 @@ def test_tls_on_both_sides(tmp_path: Any) -> None:
                 for message in ("over tls", large):
                     ws.send(message)
                     assert ws.recv(timeout=WAIT_S) == message
+
+
+def test_a_pipelined_upgrade_is_refused_after_the_answers_before_it(router: Any) -> None:
+    """What follows an accepted upgrade's head are frames: an upgrade that arrives while an
+    earlier request on the connection is still being answered cannot be a tunnel's (400), and the
+    earlier answer still goes out first. (Behind an answer already written it is accepted.)"""
+    body = json.dumps(chat(stream=False)).encode()
+    earlier = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    sock = socket.create_connection(("127.0.0.1", router.port), timeout=WAIT_S)
+    sock.sendall(earlier + handshake("rt-piped", router.port))  # the upgrade arrives mid-exchange
+    first = RawResponse(sock)
+    assert first.status == 200
+    first.body_keep_open()
+    second = first.next_response()
+    assert second.status == 400 and json.loads(second.body())["error"]["code"] == "upgrade_not_supported"
+    sock.close()
