@@ -9,6 +9,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from types import TracebackType
 from typing import Any
@@ -119,6 +121,21 @@ class UpstreamProcess:
         """``GET /_requests``: the last 200 requests (method, path, headers, model, body_bytes, conn_id)."""
         result: list[dict[str, Any]] = self._call("GET", "/_requests")
         return result
+
+    def websocket_ended(self, request_id: str, within_secs: float = 10.0) -> dict[str, Any] | None:
+        """``GET /_websocket``: once the echo session of ``request_id`` has ended, its record
+        (headers, messages, bytes_in, end_reason); None if there is none or it is still open
+        after ``within_secs`` (the mock waits, so this awaits the end rather than polling)."""
+        query = urllib.parse.urlencode({"request_id": request_id, "timeout": within_secs})
+        req = urllib.request.Request(f"{self.url}/_websocket?{query}")
+        try:
+            with self._opener.open(req, timeout=within_secs + 10) as resp:
+                record: dict[str, Any] = json.loads(resp.read())
+                return record
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise
 
     def reset(self) -> None:
         """``POST /_reset``: forget stats and recorded requests."""

@@ -8,6 +8,7 @@ The tree is small on purpose::
       ├── MethodNotAllowed       405
       ├── RequestTimeout         408 (slow headers or body: slowloris)
       ├── PayloadTooLarge        413
+      ├── UpgradeRequired        426 (a WebSocket route asked without an upgrade)
       ├── HeadersTooLarge        431
       ├── UpstreamUnreachable    502 (connect refused/reset, TLS failure, bad upstream HTTP)
       ├── UpstreamBroken         502 mid-stream: the upstream died after the response started
@@ -125,6 +126,12 @@ class RequestTimeout(GatewayError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+
+
+class UpgradeRequired(GatewayError):
+    status = 426
+    type = "invalid_request_error"
+    code = "upgrade_required"
 
 
 class VersionNotSupported(GatewayError):

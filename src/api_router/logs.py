@@ -177,9 +177,16 @@ def access_line(forwarder: Logged, outcome: str) -> None:
 
 
 def local_access_line(
-    request_id: bytes, route: str, status: int, started_at: float | None, body_bytes: int, outcome: str
+    request_id: bytes,
+    route: str,
+    status: int,
+    started_at: float | None,
+    body_bytes: int,
+    outcome: str,
+    **extra: Any,
 ) -> None:
-    """A response the router wrote itself (a refusal, /health, a cache hit): the same fields."""
+    """A response the router wrote itself (a refusal, /health, a cache hit): the same fields;
+    ``extra`` adds some (a WebSocket tunnel's client, backend and bytes sent upstream)."""
     if not access.isEnabledFor(logging.INFO):
         return
     latency = 0.0 if started_at is None else time.perf_counter() - started_at
@@ -192,5 +199,6 @@ def local_access_line(
         "bytes": body_bytes,
         "outcome": outcome,
         "stream": False,
+        **extra,
     }
     _write_access(fields)

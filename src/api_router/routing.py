@@ -30,6 +30,7 @@ class RouteKind(enum.Enum):
     METRICS = "metrics"
     CACHE_STATS = "cache_stats"
     ADMIN_USAGE = "admin_usage"  # the usage ledger, for the admin key (quota.py)
+    TUNNEL = "tunnel"  # an ``Upgrade: websocket`` handshake, then bytes both ways (net/tunnel.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ BUILTIN_ROUTES: dict[str, _Builtin] = {
     "/v1/messages/count_tokens": _Builtin("POST", RouteKind.JSON, False, ApiFlavor.ANTHROPIC),
     "/v1/responses": _Builtin("POST", RouteKind.JSON, True, ApiFlavor.RESPONSES),
     "/v1/models": _Builtin("GET", RouteKind.MODELS, False),
+    "/v1/realtime": _Builtin("GET", RouteKind.TUNNEL, False),  # OpenAI Realtime, over WebSocket
 }
 ANY_METHOD = "*"
 # Every other path of the upstream's API passes through (method, query and body), so a new
@@ -112,6 +114,8 @@ _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 # Sent with the router's key on Anthropic routes when the client sent none.
 ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")
 _UNMAPPED: tuple[str | None, str | None] = (None, None)
+# A tunnel's handshake keeps its upgrade (hop-by-hop, so dropped with the client's Connection).
+_WEBSOCKET_UPGRADE = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
 
 
 class _HeadPlan:
@@ -137,6 +141,7 @@ class _HeadPlan:
         "path",
         "route",
         "target",
+        "upgrade",
         "variants",
         "version",
     )
@@ -181,6 +186,7 @@ class _HeadPlan:
         self.base = target.origin.base_path.encode()
         self.path = self.base + route.upstream_path
         self.has_body_method = route.upstream_method in (b"POST", b"PUT", b"PATCH")
+        self.upgrade = route.kind is RouteKind.TUNNEL
 
 
 class Router:
@@ -320,6 +326,8 @@ class Router:
             headers.append(plan.auth)
         if plan.version is not None and not has_version:
             headers.append(plan.version)
+        if plan.upgrade:
+            headers += _WEBSOCKET_UPGRADE
         headers.append(plan.host)
         headers.append((b"x-request-id", request_id))
         forwarded = plan.forwarded if plan.forwarded is not None else client_forwarded

@@ -46,6 +46,12 @@ def offers_only_h2c(headers: HeaderList) -> bool:
     return offered and not chunked
 
 
+def offers_websocket(headers: HeaderList) -> bool:
+    """The request's Upgrade offers WebSocket and nothing else (RFC 6455 §4.1)."""
+    offers = [value.strip().lower() for name, value in headers if name == b"upgrade"]
+    return offers == [b"websocket"]
+
+
 def refusal(version: str, upgrade: bool, method: str, bad_coding: bool) -> GatewayError | None:
     """The error a head is refused with, or None when it may be routed."""
     if version not in ("1.0", "1.1"):  # HTTP/2.0 or 3.0 in an HTTP/1 request line

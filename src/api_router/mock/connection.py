@@ -20,6 +20,7 @@ import httptools
 from api_router.mock.multipart import MultipartCounter
 from api_router.mock.shape import AUDIO_ROUTES
 from api_router.mock.stats import MockStats, StreamRecord
+from api_router.mock.websocket import WebSocketEcho
 
 WRITE_HIGH_WATER = 64 * 1024
 WRITE_LOW_WATER = 16 * 1024
@@ -70,6 +71,8 @@ class Connection(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         self.current: StreamRecord | None = None
         self._drained: asyncio.Future[None] | None = None
+        self.upgrading: Request | None = None  # a request that asked for an upgrade
+        self.websocket: WebSocketEcho | None = None  # after a 101 (mock/websocket.py)
 
     # --- transport callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,8 +82,15 @@ class Connection(asyncio.Protocol):
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.websocket is not None:
+            self.websocket.feed(data)
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            req, self.upgrading = self.upgrading, None
+            if req is not None and not self.closed:
+                self._upgrade(req, data[upgrade.args[0] :])
         except httptools.HttpParserError:
             self.broken = True  # answer what was parsed before the bad bytes, then close
             if self.worker is None or self.worker.done():
@@ -94,6 +104,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self.stats.connections_closed += 1
         self.connections.discard(self)
+        if self.websocket is not None:
+            self.websocket.connection_lost()
         if self.current is not None:
             self.stats.end(self.current, "peer_closed")
         self._wake()
@@ -147,6 +159,9 @@ class Connection(asyncio.Protocol):
         assert req is not None
         req.keep_alive = self.parser.should_keep_alive()
         self.req = None
+        if self.parser.should_upgrade():  # answered by _upgrade: llhttp stops here
+            self.upgrading = req
+            return
         self.pending.append(req)
         if self.worker is None or self.worker.done():
             self.worker = _spawn(self._serve())
@@ -210,6 +225,10 @@ class Connection(asyncio.Protocol):
                 self.close()
         if self.broken:
             self.close()
+
+    def _upgrade(self, req: Request, rest: bytes) -> None:
+        """Answer a request that asked for an upgrade; ``rest`` is what followed its head."""
+        raise NotImplementedError
 
     async def _handle(self, req: Request) -> None:
         """Answer ``req`` (write its whole response); the subclass decides with what."""

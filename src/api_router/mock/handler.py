@@ -18,6 +18,7 @@ from api_router.mock.connection import Connection, Request
 from api_router.mock.shape import AUDIO_ROUTES, JSON_ROUTES, LLM_ROUTES, MockSpecError, Shape, parse_mock
 from api_router.mock.shapes import chunked, completion_body, embeddings_body, error_body, stream_events
 from api_router.mock.stats import MockStats, StreamRecord
+from api_router.mock.websocket import REALTIME_PATH, WebSocketEcho, WebSocketRecord, handshake_answer
 
 YIELD_EVERY = 16  # at interval 0, let the loop run every N events
 Events = tuple[list[bytes], int, Callable[[int], bytes], list[bytes]]
@@ -33,8 +34,33 @@ class MockConnection(Connection):
     def _error(self, status: int, message: str, req: Request, code: str | None = None) -> None:
         self._json(status, error_body(status, message, req.path == "/v1/messages", code), req)
 
+    def _upgrade(self, req: Request, rest: bytes) -> None:
+        """A WebSocket handshake: echoed at /v1/realtime (mock/websocket.py), else refused."""
+        seen = {"method": req.method, "path": req.path, "headers": req.headers, "model": None}
+        self.stats.requests.append({**seen, "body_bytes": 0, "conn_id": self.conn_id})
+        req.keep_alive = False
+        key = req.header("sec-websocket-key")
+        if req.path != REALTIME_PATH or req.method != "GET":
+            return self._error(404, f"no WebSocket at {req.method} {req.path}", req, "not_found")
+        if req.header("upgrade").lower() != "websocket" or not key:
+            return self._error(400, "a WebSocket handshake needs Upgrade: websocket and a key", req)
+        record = WebSocketRecord(req.header("x-request-id"), req.headers, self.conn_id)
+        self.stats.websockets.recent.append(record)
+        self._write(handshake_answer(key))
+        self.websocket = WebSocketEcho(self, record)
+        if rest:
+            self.websocket.feed(rest)
+        return None
+
     async def _handle(self, req: Request) -> None:
         method, path = req.method, req.path
+        if path == "/_websocket" and method == "GET":  # awaits a session's end
+            query = parse_qs(req.query)
+            timeout = float(query.get("timeout", ["10"])[0])
+            ended = await self.stats.websockets.ended(query.get("request_id", [""])[0], timeout)
+            if ended is None:
+                return self._error(404, "no such session, or it has not ended in time", req)
+            return self._json(200, ended.as_dict(), req)
         if path.startswith("/_"):
             return self._control(req)
         body: Any = None

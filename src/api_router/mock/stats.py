@@ -8,6 +8,8 @@ import time
 from collections import deque
 from typing import Any
 
+from api_router.mock.websocket import WebSocketSessions
+
 KEEP_STREAMS = 10_000
 KEEP_REQUESTS = 200
 
@@ -42,6 +44,7 @@ class MockStats:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self.active: set[StreamRecord] = set()  # survives reset(): these are really running
+        self.websockets = WebSocketSessions()  # the WebSocket echo's sessions (mock/websocket.py)
         self.reset()
 
     def reset(self) -> None:

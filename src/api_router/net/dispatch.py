@@ -21,6 +21,7 @@ from api_router.net.forward import Forwarder
 from api_router.net.ports import ClientSide
 from api_router.net.request import pick_request_id
 from api_router.net.tasks import spawn
+from api_router.net.tunnel import Tunnel
 from api_router.routing import Route, RouteKind, flavor_for_path
 from api_router.targets import Target
 from api_router.translation import BackendRequests
@@ -45,6 +46,7 @@ class Answering(ClientSide, Protocol):
     def exchange_started(self, forwarder: Forwarder, keep_alive: bool, buffer_size: int) -> None: ...
     def answer_queued(self) -> None: ...
     def close(self) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
 
 
 def answer(conn: Answering, req: Request) -> None:
@@ -75,6 +77,13 @@ def answer(conn: Answering, req: Request) -> None:
         spawn(_answer_models(conn, req, route))
     elif isinstance(route, Route) and route.kind is RouteKind.JSON:
         _start_json(conn, req, route)
+    elif isinstance(route, Route) and route.kind is RouteKind.TUNNEL:  # its upgrade was accepted
+        try:
+            authorize(req, route, None)
+        except GatewayError as error:
+            refuse(conn, req, error, route.flavor)  # and closed: what follows are frames
+            return
+        Tunnel(conn, req, route).start()
     elif isinstance(route, Route):  # a streamed-body route that had to wait its turn
         start_streamed(conn, req, route, len(req.body))
         if req.forwarder is not None:  # None: refused (and answered) by access control

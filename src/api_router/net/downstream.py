@@ -17,7 +17,7 @@ import httptools
 from api_router import logs
 from api_router.core.deadline import KEEP_TIMER, NO_DEADLINE, PASSED, Deadline
 from api_router.core.flow_control import QUEUE_FULL, UNREADABLE, UPSTREAM_FULL, ReadGate
-from api_router.core.request_head import offers_only_h2c, read_head, refusal
+from api_router.core.request_head import read_head, refusal
 from api_router.errors import (
     ApiFlavor,
     BadRequest,
@@ -28,6 +28,7 @@ from api_router.errors import (
 )
 from api_router.net.dispatch import answer, answered, error_response, refuse_connection, start_streamed
 from api_router.net.request import ConnectionClosed, Request, pick_request_id
+from api_router.net.tunnel import upgrade_refused
 from api_router.routing import Route, RouteKind
 
 if TYPE_CHECKING:
@@ -121,10 +122,10 @@ class DownstreamProtocol(asyncio.Protocol):
             else:
                 logs.log.exception("request handling failed")
                 self.reject_and_close(GatewayError("internal error while reading the request"))
-        except httptools.HttpParserUpgrade as upgrade:  # only an ignored h2c offer gets here
+        except httptools.HttpParserUpgrade as upgrade:  # an ignored h2c offer, or a tunnel's
             self.parser = None  # llhttp stops at an upgrade: what follows is read afresh
-            if len(data) > upgrade.args[0] and not self.closed:
-                self.data_received(data[upgrade.args[0] :])
+            if len(data) > upgrade.args[0] and not self.closed:  # a tunnel's protocol took over
+                cast(asyncio.Protocol, self.transport.get_protocol()).data_received(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
             self.reject_and_close(BadRequest(f"malformed HTTP request: {exc}", code="malformed_request"))
         else:
@@ -187,22 +188,21 @@ class DownstreamProtocol(asyncio.Protocol):
         length, request_id, expect, bad_coding = read_head(req.headers)
         req.request_id = pick_request_id(request_id)
         self._arm(req.runtime.body_timeout)  # idle time allowed between body bytes
+        req.resolve_target()
+        route, idle = req.route, self.exchange is None and not self.fetching and not self._queue
         upgrade = parser.should_upgrade()
-        if upgrade and offers_only_h2c(req.headers):  # ignored, as nginx does: answered in HTTP/1.1
-            upgrade, req.raw_body_left = False, int(length) if length is not None and length.isdigit() else 0
+        if upgrade or (isinstance(route, Route) and route.kind is RouteKind.TUNNEL):  # net/tunnel.py
+            upgrade = upgrade_refused(req, upgrade, length, idle)  # h2c ignored, websocket a tunnel's
         error = refusal(version, upgrade, req.method, bad_coding)
         if error is not None:
             self.reject_and_close(error)
             raise error  # stop parsing: nothing after this head may be read as a request
-        req.resolve_target()
-        route = req.route
         if not isinstance(route, Route):
             return
         limit = req.body_limit()
         if length is not None and length.isdigit() and int(length) > limit:
             self.reject_and_close(PayloadTooLarge(f"request body over the {limit} byte limit"), route.flavor)
             return
-        idle = self.exchange is None and not self.fetching and not self._queue
         if expect == b"100-continue" and self.http11 and idle:
             # only with nothing before it to answer (else it went out inside an earlier answer);
             # a client not told to continue sends its body after its own wait (RFC 9110 §10.1.1)

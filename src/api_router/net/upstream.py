@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -295,6 +296,19 @@ class UpstreamPool:
             raise from_os_error(exc, str(origin)) from exc
         self.opened += 1
         return conn
+
+    async def open_raw(self, origin: Origin, factory: Callable[[], asyncio.Protocol]) -> None:
+        """A connection to ``origin`` outside the pool, for ``factory``'s protocol (a tunnel's,
+        net/tunnel.py): the pool's TLS and connect timeout, nothing else of the pool."""
+        loop = asyncio.get_running_loop()
+        tls = self._ssl if origin.scheme == "https" else None
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await loop.create_connection(
+                    factory, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+                )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise from_os_error(exc, str(origin)) from exc
 
     def configure(
         self,
