@@ -275,9 +275,6 @@ class Router:
     def routes(self) -> list[Route]:
         return list(self._routes.values())
 
-    def route_for(self, path: str) -> Route:
-        return self._routes[path]  # a built-in path: always there
-
     def upstream_head(
         self,
         route: Route,

@@ -79,7 +79,8 @@ class BackendRequests:
             raise BadRequest(
                 f"{exc} (backend {target.name} speaks the {target.api} API)", code="untranslatable"
             ) from None
-        counterpart = self._router.route_for(COUNTERPARTS[route.path][1])
+        counterpart = self._router.match("POST", COUNTERPARTS[route.path][1])
+        assert isinstance(counterpart, Route)  # a built-in route, never a local one
         return BackendRequest(counterpart, orjson.dumps(translated.body), translated.dropped, True)
 
     def answer_translator(self, target: Target) -> AnswerTranslator | None:
