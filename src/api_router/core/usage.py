@@ -30,20 +30,21 @@ Rule 4. A stream that did not end cleanly, or ended without reporting usage, is 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-MARKER = b'"usage"'
-MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
+# Final: mypyc inlines these; a plain module constant is a dict lookup at each use in compiled code
+MARKER: Final = b'"usage"'
+MAX_USAGE_BYTES: Final = 4096  # a usage object is ~100-400 bytes; anything longer is not one
 # ``data:`` lines are counted in the first bytes of an answer only, then extrapolated by bytes:
 # counting every read cost as much as the search for usage itself (a pass over every byte).
-SAMPLE_BYTES = 2048
-_MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
-_WHITESPACE = b" \t\r\n"
-_SEPARATORS = b" \t\r\n:"
-_KEEP = len(MARKER) - 1  # a read may end with the first bytes of the marker
-EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
+SAMPLE_BYTES: Final = 2048
+_MAX_TRIES: Final = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
+_WHITESPACE: Final = b" \t\r\n"
+_SEPARATORS: Final = b" \t\r\n:"
+_KEEP: Final = len(MARKER) - 1  # a read may end with the first bytes of the marker
+EMPTY_CHOICES: Final = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
 
 
 class Usage(NamedTuple):

@@ -24,10 +24,16 @@ Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in
 
 from __future__ import annotations
 
+from typing import Final
+
 from api_router.core.usage import EMPTY_CHOICES, MARKER, UsageReader
 
-_CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
-NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
+_CONTENT: Final = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
+# What one read's body pieces need (``read_mode``). Final: mypyc inlines them, also in net/forward.py
+# (a plain module constant is a dict lookup per body piece there).
+NOTHING: Final = 0
+HOLD: Final = 1
+SCAN: Final = 2
 
 
 def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) -> int:
