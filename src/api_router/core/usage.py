@@ -45,7 +45,8 @@ _WHITESPACE: Final = b" \t\r\n"
 _SEPARATORS: Final = b" \t\r\n:"
 _KEEP: Final = len(MARKER) - 1  # a read may end with the first bytes of the marker
 EMPTY_CHOICES: Final = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
-_EVENT_ENDS: Final = (b"\n\n\r\n", b"\n\n")  # a read that ends an event ends so (framed, or not)
+# A read that ends an event ends so: framed, framed and the body's last chunk, or not framed
+_EVENT_ENDS: Final = (b"\n\n\r\n", b"\n\n\r\n0\r\n\r\n", b"\n\n")
 
 
 class Usage(NamedTuple):

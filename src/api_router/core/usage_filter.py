@@ -78,6 +78,10 @@ class UsageChunkFilter:
         return data
 
     def _remove(self, data: bytes) -> bytes:
+        # One pass for a content piece: no usage, nothing to remove. (Not ``MARKER in data``: for
+        # bytes that first tries the marker as an int and formats the TypeError it catches.)
+        if data.find(MARKER) < 0:
+            return data
         # the spelling the reader saw in this read; both for a held tail (seen in an earlier read)
         for spelling in self.reader.empty_choices or EMPTY_CHOICES:
             at = data.find(spelling)
