@@ -125,6 +125,7 @@ class UsageReader:
         "reasoning",
         "total_bytes",
         "unfinished",
+        "usage_event",
     )
 
     def __init__(self) -> None:
@@ -141,6 +142,8 @@ class UsageReader:
         self._tail = b""  # then, its last bytes if they begin the marker
         # in the last read that held usage: the spelling of its empty choice list, if any
         self.empty_choices: tuple[bytes, ...] = ()
+        # and then the event that holds it, if that event is one whole HTTP chunk (``_whole_chunk``)
+        self.usage_event = b""
 
     # -- reading ------------------------------------------------------------------------
     def read(self, buffer: bytes | bytearray, end: int) -> bool:
@@ -185,6 +188,7 @@ class UsageReader:
             return False
         first = self._scan(data, at)
         self.empty_choices = ()
+        self.usage_event = b""
         if first >= 0:
             # The empty choice list is looked for from the event of the first usage object on:
             # the usage-only chunk comes last, so this is rarely more than that event.
@@ -192,6 +196,7 @@ class UsageReader:
             for spelling in EMPTY_CHOICES:
                 if data.find(spelling, start) >= 0:
                     self.empty_choices = (spelling,)
+                    self.usage_event = _whole_chunk(data, first)
                     break
         return True
 
@@ -326,6 +331,24 @@ def _usage_object_at(buffer: bytes | bytearray, end: int) -> int:
             return at
         at = buffer.find(MARKER, value, end)
     return -1
+
+
+def _whole_chunk(data: bytes | bytearray, at: int) -> bytes:
+    """The event around ``at`` if it is exactly one HTTP chunk of ``data`` (a raw read): the end
+    of the previous chunk (or of the head) and the event's size in hex come right before it,
+    the end of its chunk right after. The usage-chunk filter then knows it by equality
+    (core/usage_filter.py); else b"" (no framing, an event split across chunks or sharing one,
+    a size spelled otherwise): the filter searches instead. Five calls: this is per answer."""
+    end = data.find(b"\n\n", at) + 2
+    start = data.rfind(b"\r\n", 0, at) + 2
+    if end < 2 or start < 2:
+        return b""
+    framed = b"\n\r\n%x\r\n" % (end - start)
+    if start < len(framed) or not data.startswith(framed, start - len(framed)):
+        return b""
+    if not data.startswith(b"\r\n", end):
+        return b""
+    return bytes(data[start:end])
 
 
 def _skip(data: bytes | bytearray, at: int) -> int:

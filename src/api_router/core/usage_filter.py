@@ -19,7 +19,9 @@ Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in
         a read that did not end an event (HOLD: its last piece may be held) and the read after
         one that left something held (HOLD: its first piece completes the held event, which is
         looked at then). A read that ends an event and has no usage object (nearly all) does
-        not come here at all.
+        not come here at all. When the usage chunk is one whole HTTP chunk of its read (the
+        ``UsageReader`` checks the framing: ``usage_event``), it is the one piece equal to it,
+        and the other pieces of a SCAN read go out unsearched.
 """
 
 from __future__ import annotations
@@ -74,6 +76,14 @@ class UsageChunkFilter:
                 self._held = data[cut:]
                 data = data[:cut]
         if scan and data and not self.removed:
+            event = self.reader.usage_event
+            if event and not held:
+                # The usage chunk is one whole HTTP chunk of this read: it comes as one piece,
+                # equal to it, and no other piece holds it (no search per piece).
+                if data == event:
+                    self.removed = True
+                    return b""
+                return data
             return self._remove(data)
         return data
 
