@@ -159,3 +159,16 @@ def test_a_usage_chunk_that_is_one_whole_http_chunk_is_named_by_the_reader() -> 
     reader = UsageReader()
     reader.feed(_chunked(EVENTS))
     assert reader.usage_event == USAGE_EVENT
+
+
+def test_usage_in_every_chunk_only_the_usage_only_chunk_is_removed() -> None:
+    """vLLM's continuous_usage_stats: content chunks carry usage objects too."""
+    running = b'"usage":{"prompt_tokens":19,"completion_tokens":1}'
+    chunks = [e.replace(b'"usage":null', running) for e in EVENTS]
+    assert chunks != EVENTS
+    usage_event = next(e for e in chunks if b'"choices":[]' in e)
+    raw = _chunked(chunks)
+    without = b"".join(e for e in chunks if e is not usage_event)
+    for cut in [0, *range(1, len(raw), 7)]:
+        sent, usage = _as_forwarded(raw, [cut] if cut else [])
+        assert sent == without and usage == Usage(19, 4, 0, 0, False), cut

@@ -189,15 +189,22 @@ class UsageReader:
         first = self._scan(data, at)
         self.empty_choices = ()
         self.usage_event = b""
-        if first >= 0:
-            # The empty choice list is looked for from the event of the first usage object on:
-            # the usage-only chunk comes last, so this is rarely more than that event.
-            start = max(data.rfind(b"\n\n", 0, first), 0)
-            for spelling in EMPTY_CHOICES:
-                if data.find(spelling, start) >= 0:
-                    self.empty_choices = (spelling,)
-                    self.usage_event = _whole_chunk(data, first)
-                    break
+        if first < 0:
+            return True
+        # The usual usage-only chunk: its event is one whole HTTP chunk, the empty choice list in it
+        event = _whole_chunk(data, first)
+        for spelling in EMPTY_CHOICES:
+            if event and event.find(spelling) >= 0:
+                self.empty_choices = (spelling,)
+                self.usage_event = event
+                return True
+        # Else the empty choice list is looked for from the event of the first usage object on
+        # (usage may come in every chunk: vLLM's continuous_usage_stats), and the filter searches.
+        start = max(data.rfind(b"\n\n", 0, first), 0)
+        for spelling in EMPTY_CHOICES:
+            if data.find(spelling, start) >= 0:
+                self.empty_choices = (spelling,)
+                break
         return True
 
     def feed(self, data: bytes) -> None:
