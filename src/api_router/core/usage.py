@@ -191,19 +191,17 @@ class UsageReader:
         self.usage_event = b""
         if first < 0:
             return True
-        # The usual usage-only chunk: its event is one whole HTTP chunk, the empty choice list in it
-        event = _whole_chunk(data, first)
-        for spelling in EMPTY_CHOICES:
-            if event and event.find(spelling) >= 0:
-                self.empty_choices = (spelling,)
-                self.usage_event = event
-                return True
-        # Else the empty choice list is looked for from the event of the first usage object on
-        # (usage may come in every chunk: vLLM's continuous_usage_stats), and the filter searches.
+        # The empty choice list is looked for from the event of the first usage object on (usage
+        # may come in every chunk: vLLM's continuous_usage_stats, the usage-only chunk last).
         start = max(data.rfind(b"\n\n", 0, first), 0)
         for spelling in EMPTY_CHOICES:
-            if data.find(spelling, start) >= 0:
+            at = data.find(spelling, start)
+            if at >= 0:
                 self.empty_choices = (spelling,)
+                # in that same event, and the event one whole HTTP chunk: the filter knows it
+                chunk_start, chunk_end = _whole_chunk(data, first)
+                if chunk_start <= at < chunk_end:
+                    self.usage_event = bytes(data[chunk_start:chunk_end])
                 break
         return True
 
@@ -340,22 +338,22 @@ def _usage_object_at(buffer: bytes | bytearray, end: int) -> int:
     return -1
 
 
-def _whole_chunk(data: bytes | bytearray, at: int) -> bytes:
-    """The event around ``at`` if it is exactly one HTTP chunk of ``data`` (a raw read): the end
-    of the previous chunk (or of the head) and the event's size in hex come right before it,
-    the end of its chunk right after. The usage-chunk filter then knows it by equality
-    (core/usage_filter.py); else b"" (no framing, an event split across chunks or sharing one,
-    a size spelled otherwise): the filter searches instead. Five calls: this is per answer."""
+def _whole_chunk(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """Where the event around ``at`` starts and ends if it is exactly one HTTP chunk of ``data``
+    (a raw read): the end of the previous chunk (or of the head) and the event's size in hex
+    come right before it, the end of its chunk right after. The usage-chunk filter then knows
+    it by equality (core/usage_filter.py); else (0, 0) (no framing, an event split across
+    chunks or sharing one, a size spelled otherwise): the filter searches instead."""
     end = data.find(b"\n\n", at) + 2
     start = data.rfind(b"\r\n", 0, at) + 2
     if end < 2 or start < 2:
-        return b""
+        return 0, 0
     framed = b"\n\r\n%x\r\n" % (end - start)
     if start < len(framed) or not data.startswith(framed, start - len(framed)):
-        return b""
+        return 0, 0
     if not data.startswith(b"\r\n", end):
-        return b""
-    return bytes(data[start:end])
+        return 0, 0
+    return start, end
 
 
 def _skip(data: bytes | bytearray, at: int) -> int:
