@@ -15,7 +15,13 @@ import orjson
 
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
-from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
+from api_router.core.json_body import (
+    USAGE_ASKED_FIRST,
+    DuplicateKey,
+    ask_for_usage,
+    check_top_level,
+    replace_values,
+)
 from api_router.core.paths import PathTable, is_pattern
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 from api_router.targets import Target, lower_headers
@@ -367,7 +373,10 @@ class Router:
             raw = replace_values(raw, changes)  # the rest of the client's bytes untouched
         strip = False
         if stream and route.force_usage:
-            raw, strip = ask_for_usage(raw, body)  # spliced, as above (core/json_body.py, rule 3)
+            if raw[:1] == b"{" and "stream_options" not in body:  # the usual body, here: no call
+                raw, strip = USAGE_ASKED_FIRST + raw[1:], True  # into interpreted code
+            else:
+                raw, strip = ask_for_usage(raw, body)  # spliced, as above (core/json_body.py, rule 3)
         return PreparedJson(raw, body, stream, model, group, strip)
 
     def model_names(self) -> dict[str, str]:

@@ -58,6 +58,7 @@ class Usage(NamedTuple):
 
 
 NO_USAGE = Usage(0, 0, 0, 0, True)
+_new_tuple: Final = tuple.__new__
 
 
 class Price(NamedTuple):
@@ -114,6 +115,7 @@ class UsageReader:
 
     __slots__ = (
         "_carry",
+        "_sample",
         "_sampled",
         "_tail",
         "cached_input",
@@ -136,6 +138,7 @@ class UsageReader:
         self.found = False  # a usage object was read
         self.events = 0  # ``data:`` lines counted in the first SAMPLE_BYTES (Rule 4)
         self._sampled = 0  # bytes they were counted in
+        self._sample: bytes | bytearray = b""  # a read of the sample not counted yet (estimated_events)
         self.total_bytes = 0  # bytes read in all
         self._carry = b""  # an unfinished usage object at the end of the last read (Rule 3)
         self.unfinished = False  # the last read did not end an event
@@ -151,9 +154,12 @@ class UsageReader:
         it held a usage object. The usual read costs one search and one ``endswith``: each
         method call on the shared bytearray is a generic call in compiled code (~400
         instructions before any byte is looked at), so there are as few as possible."""
-        if self._sampled < SAMPLE_BYTES:
-            self.events += buffer.count(b"data:", 0, end)
+        sampling = self._sampled < SAMPLE_BYTES
+        if sampling:
             self._sampled += end
+            if self._sample:  # the last read's count, put off: counted now
+                self.events += self._sample.count(b"data:")
+                self._sample = b""
         self.total_bytes += end
         data: bytes | bytearray | None = None
         at = -1  # where the first usage object may start in ``data``
@@ -169,6 +175,14 @@ class UsageReader:
             at = _usage_object_at(buffer, end)
             if at >= 0:
                 data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
+                if sampling:
+                    # Counted only if needed: an answer whose usage came complete (this is often
+                    # its last read: OpenAI's usage chunk) never is (Rule 4). Kept until the
+                    # next read at most, so only an answer's first bytes are ever held.
+                    self._sample = data
+                    sampling = False
+        if sampling:
+            self.events += buffer.count(b"data:", 0, end)
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
         unfinished = not buffer.endswith(_EVENT_ENDS, 0, end)
         tail = b""
@@ -303,6 +317,9 @@ class UsageReader:
     # -- the answer ---------------------------------------------------------------------
     def estimated_events(self) -> int:
         """``data:`` lines in the whole answer: counted in the sample, extrapolated by bytes."""
+        if self._sample:
+            self.events += self._sample.count(b"data:")
+            self._sample = b""
         if self._sampled >= self.total_bytes or not self._sampled:
             return self.events
         return round(self.events * self.total_bytes / self._sampled)
@@ -313,7 +330,9 @@ class UsageReader:
         estimated = not (complete and self.found)
         if estimated:
             output = max(output, self.estimated_events())
-        return Usage(self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
+        # tuple.__new__: the NamedTuple's own __new__ is interpreted code (~2k instructions more)
+        figures = (self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
+        return _new_tuple(Usage, figures)
 
     def __repr__(self) -> str:
         return (
