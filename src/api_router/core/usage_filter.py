@@ -49,23 +49,22 @@ def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) 
 
 
 class UsageChunkFilter:
-    __slots__ = ("_held", "_limit", "reader", "removed")
+    __slots__ = ("_held", "_limit", "holding", "reader", "removed")
 
     def __init__(self, reader: UsageReader, limit: int) -> None:
         self.reader = reader
         self._limit = limit
         self._held = b""
+        # bytes are held: an attribute, not a property (net/forward.py reads it per body piece)
+        self.holding = False
         self.removed = False  # the usage chunk was taken out (there is one per stream)
-
-    @property
-    def holding(self) -> bool:
-        return bool(self._held)
 
     def feed(self, data: bytes, scan: bool) -> bytes:
         """One body piece; returns the bytes to forward (possibly none)."""
         held = self._held
         if held:
             self._held = b""
+            self.holding = False
             data = held + data
             scan = True  # the held event is judged whole, with its end
         if not data.endswith(b"\n\n"):
@@ -74,6 +73,7 @@ class UsageChunkFilter:
                 cut = 0
             if len(data) - cut <= self._limit and data.find(_CONTENT, cut) < 0:
                 self._held = data[cut:]
+                self.holding = bool(self._held)
                 data = data[:cut]
         if scan and data and not self.removed:
             event = self.reader.usage_event
@@ -112,6 +112,7 @@ class UsageChunkFilter:
     def finish(self) -> bytes:
         """The upstream ended: whatever is held goes out as it came."""
         held, self._held = self._held, b""
+        self.holding = False
         return held
 
     def __repr__(self) -> str:
