@@ -64,6 +64,7 @@ def measure(
             wrapper=wrapper,
             ready_timeout=VALGRIND_READY_S,
             traces=name == "router+traces",
+            translated=name == "router+translated",
             overrides=overrides,
         )
     assert target.pid is not None
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", action="store_true", help="also the router with every feature on")
     ap.add_argument("--traces", action="store_true", help="also every feature on plus OpenTelemetry traces")
     ap.add_argument("--nginx", action="store_true", help="also nginx (one worker, no master)")
+    ap.add_argument(
+        "--translated",
+        action="store_true",
+        help="also the router translating to an Anthropic-speaking backend",
+    )
     ap.add_argument("--per-event", type=int, metavar="N", help="also N-token requests: the cost of one event")
     ap.add_argument(
         "--set",
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "router",
         *(["router+features"] if args.features else []),
         *(["router+traces"] if args.traces else []),
+        *(["router+translated"] if args.translated else []),
     ]
     if args.nginx:
         if not nginx_available():

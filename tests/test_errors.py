@@ -26,12 +26,13 @@ def test_each_flavor_has_its_own_error_event() -> None:
         "type": "error",
         "error": {"type": "api_error", "message": "upstream went away"},
     }
-    responses = event_data(error.sse_event(ApiFlavor.RESPONSES))
+    responses = event_data(error.sse_event(ApiFlavor.RESPONSES, 7))
     assert responses == {
         "type": "error",
         "code": "upstream_disconnected",
         "message": "upstream went away",
         "param": None,
+        "sequence_number": 7,
     }
     parsed = construct_type(type_=ResponseStreamEvent, value=responses)  # as the SDK reads a stream
     assert isinstance(parsed, ResponseErrorEvent) and parsed.code == "upstream_disconnected"

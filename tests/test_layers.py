@@ -5,7 +5,7 @@ Layers, bottom up: a module imports only modules of its own layer or of the laye
 (peers within a layer may import each other, but never in a circle):
 
     errors → core/ → mock/ → config_backends → config_security, config_usage, config_telemetry
-    → config → routing, targets → records (logs, metrics, cache) → net/ → features → app
+    → config → routing, targets → records (logs, metrics, cache) → net/ → features → runtime → app
     → server, supervisor → cli
 
 net/ reaches what sits above it (the app, backend groups, stream slots, tracing) only through
@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("api_router.config_security", "api_router.config_usage", "api_router.config_telemetry"),
     ),
     ("config", ("api_router.config", "api_router.config_schema")),
-    ("routing", ("api_router.targets", "api_router.routing")),
+    ("routing", ("api_router.targets", "api_router.routing", "api_router.translation")),
     ("records", ("api_router.logs", "api_router.metrics", "api_router.cache")),
     ("net", ("api_router.net",)),
     (
@@ -52,6 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "api_router.tracing",
         ),
     ),
+    ("runtime", ("api_router.runtime",)),  # one config built whole (runtime.py)
     ("app", ("api_router.app",)),
     ("process", ("api_router.server", "api_router.startup", "api_router.supervisor")),
     ("cli", ("api_router.cli", "api_router.__main__")),
@@ -71,12 +72,7 @@ def layer_of(module: str) -> int:
 # The 400-line rule (STYLE.md): one module owns one thing. These are still over it and owed a
 # split (the layers issue); the list can only shrink, and each may not grow.
 MAX_LINES = 400
-STILL_OVERSIZED = {
-    "api_router.net.downstream": 800,
-    "api_router.net.forward": 716,
-    "api_router.mock.server": 498,
-    "api_router.mock.shapes": 430,
-}
+STILL_OVERSIZED: dict[str, int] = {}
 
 
 def module_name(path: Path) -> str:

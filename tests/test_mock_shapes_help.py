@@ -74,6 +74,10 @@ def test_mock_in_the_body_or_in_the_text() -> None:
     message = {"messages": [{"role": "user", "content": 'hi MOCK{"tokens": 4} there'}]}
     assert parse_mock(message) == {"tokens": 4}
     assert parse_mock({"prompt": 'MOCK{"die_after": 1}'}) == {"die_after": 1}
+    assert parse_mock({"input": 'MOCK{"tokens": 5}'}) == {"tokens": 5}  # Responses API
+    items = [{"role": "user", "content": [{"type": "input_text", "text": 'hi MOCK{"tokens": 6}'}]}]
+    assert parse_mock({"input": items}) == {"tokens": 6}  # as the Vercel AI SDK sends it
+    assert parse_mock({"input": ["embed MOCK{", "me"]}) == {}  # embeddings' input: no messages
 
 
 def test_the_mock_process_answers_an_unknown_field_with_400() -> None:

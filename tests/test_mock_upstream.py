@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from api_router.mock import server as mock_upstream
-from api_router.mock.shapes import MultipartCounter
+from api_router.mock.multipart import MultipartCounter
 from tests.upstream_process import UpstreamProcess
 
 TIMEOUT = 10.0

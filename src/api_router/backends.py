@@ -42,10 +42,20 @@ class BackendGroup:
         ]
         self.targets: dict[str, Target] = {
             b.url: make_target(
-                b.url, b.url, b.headers, b.api_key() or router_key, b.forward_client_credentials
+                b.url,
+                b.url,
+                b.headers,
+                b.api_key() or router_key,
+                b.forward_client_credentials,
+                b.api,
+                b.model,
             )
             for b in config.backends
         }
+        # a request may differ per backend (its API, its model name): translation.py builds each
+        self.rewrites = any(b.api is not None or b.model is not None for b in config.backends)
+        self.retry_backoff = config.retry_backoff_secs
+        self.max_retry_wait = config.max_retry_wait_secs
         self.balancer: Balancer = make_balancer(config.balancing, self.backends)
         self._retry_after = max(1, math.ceil(breaker.cooldown_secs))
 

@@ -46,6 +46,12 @@ class CachedResponse(NamedTuple):
 
 
 class ResponseCache(Protocol):
+    # True: ``get_now`` answers without awaiting (in process), so a lookup needs no task; False:
+    # only ``await get`` does (over the network). net/ asks this, not the cache's type.
+    answers_now: bool
+
+    def get_now(self, key: str) -> CachedResponse | None: ...
+
     async def get(self, key: str) -> CachedResponse | None: ...
 
     async def put(self, key: str, response: CachedResponse) -> None: ...
@@ -115,6 +121,8 @@ class MemoryCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0  # entries pushed out to make room (not expiries)
+
+    answers_now = True
 
     def get_now(self, key: str) -> CachedResponse | None:
         entry = self._entries.get(key)
@@ -235,6 +243,11 @@ class RedisCache:
     def _failed(self) -> None:
         self.errors += 1
         self._down_until = self._clock() + self.error_backoff
+
+    answers_now = False
+
+    def get_now(self, key: str) -> CachedResponse | None:
+        raise TypeError("a Redis cache answers only by awaiting get()")  # answers_now is False
 
     async def get(self, key: str) -> CachedResponse | None:
         data = None

@@ -187,6 +187,8 @@ class Config(_Model):
     backend_groups: dict[str, BackendGroupConfig] = Field(default_factory=dict)
     balancing: Balancing = "round-robin"  # balancing, retries, healthCheck: of the default group
     retries: int = Field(default=2, ge=0)
+    retry_backoff_secs: float = Field(default=0.25, ge=0)
+    max_retry_wait_secs: float = Field(default=5.0, ge=0)
     health_check: HealthCheckConfig | None = None
     cache: CacheConfig = Field(default_factory=CacheConfig)
     pool: PoolConfig = Field(default_factory=PoolConfig)

@@ -83,6 +83,7 @@ Headers = dict[Annotated[str, AfterValidator(header_name)], Annotated[str, After
 
 MiB = 1024 * 1024
 Balancing = Literal["round-robin", "least-connections"]
+Api = Literal["openai", "anthropic"]
 Seconds = Annotated[float, Field(gt=0)]
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -155,6 +156,10 @@ class BackendConfig(_Model):
     api_key_env: str | None = None
     forward_client_credentials: bool | None = None  # null: the endpoint's, else the global setting
     max_connections: int | None = Field(default=None, ge=1)
+    # The API it speaks; null: the client's (no translation). Chat completions and messages
+    # requests to a backend of the other API are translated, both ways (translation.py).
+    api: Api | None = None
+    model: str | None = Field(default=None, min_length=1)  # its own name for the model asked for
 
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
@@ -211,7 +216,11 @@ class HealthCheckConfig(_Model):
 class BackendGroupConfig(_Model):
     backends: list[BackendConfig] = Field(min_length=1)
     balancing: Balancing = "round-robin"
-    retries: int = Field(default=2, ge=0)  # further backends tried when one fails before the first byte
+    retries: int = Field(default=2, ge=0)  # further attempts when one fails before the first byte
+    # An attempt on a backend already tried (none other left) waits base x 2^n, jittered, or the
+    # backend's Retry-After; never longer than maxRetryWaitSecs (core/backoff.py).
+    retry_backoff_secs: float = Field(default=0.25, ge=0)
+    max_retry_wait_secs: float = Field(default=5.0, ge=0)
     health_check: HealthCheckConfig | None = None
 
     @model_validator(mode="after")
@@ -310,6 +319,10 @@ class _GroupDefaults(_References, Protocol):
     @property
     def balancing(self) -> Balancing: ...
     @property
+    def retry_backoff_secs(self) -> float: ...
+    @property
+    def max_retry_wait_secs(self) -> float: ...
+    @property
     def retries(self) -> int: ...
     @property
     def health_check(self) -> HealthCheckConfig | None: ...
@@ -354,5 +367,7 @@ def implicit_group(config: _GroupDefaults) -> BackendGroupConfig:
         backends=backends,
         balancing=config.balancing,
         retries=config.retries,
+        retry_backoff_secs=config.retry_backoff_secs,
+        max_retry_wait_secs=config.max_retry_wait_secs,
         health_check=config.health_check,
     )

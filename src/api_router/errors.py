@@ -75,13 +75,21 @@ class GatewayError(Exception):
     def body(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
         return json.dumps(self.payload(flavor), separators=(",", ":")).encode()
 
-    def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI) -> bytes:
+    def sse_event(self, flavor: ApiFlavor = ApiFlavor.OPENAI, sequence_number: int = 0) -> bytes:
         """One complete SSE ``error`` event; both SDKs raise on it, except on the Responses API,
         whose streams end with an ``error`` event of that API's own shape (the SDK yields it as
-        ``ResponseErrorEvent``). It has no ``sequence_number``: the router does not count the
-        upstream's events (that would cost a parse per event), and a made-up one would lie."""
+        ``ResponseErrorEvent``). Its ``sequence_number`` is the number of events the client was
+        sent before it (core/stream.py counts their ``data:`` lines; one split across two reads
+        may be missed), so it continues the upstream's numbering (from 0, one per event). Typed
+        clients require the field: the Vercel AI SDK rejected the event without it."""
         if flavor is ApiFlavor.RESPONSES:
-            event = {"type": "error", "code": self.code, "message": self.message, "param": None}
+            event = {
+                "type": "error",
+                "code": self.code,
+                "message": self.message,
+                "param": None,
+                "sequence_number": sequence_number,
+            }
             return b"event: error\ndata: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
         return b"event: error\ndata: " + self.body(flavor) + b"\n\n"
 
@@ -153,6 +161,17 @@ class UpstreamTimeout(GatewayError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
+
+
+def connection_lost_error(exc: BaseException | None, streaming: bool, target: str) -> GatewayError:
+    """What the client is told when the upstream connection was lost (``exc``: why, if known)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if streaming:
+        return UpstreamBroken("the upstream connection closed in the middle of the response")
+    if exc is None:
+        return UpstreamUnreachable(f"upstream {target} closed the connection without answering")
+    return from_os_error(exc, target)
 
 
 def from_os_error(exc: BaseException, target: str) -> GatewayError:

@@ -80,7 +80,7 @@ async def serve(
                 ssl=tls,
             )
         except OSError as exc:
-            app.backends.stop()
+            app.runtime.retire(None)
             raise bind_error(exc, config.host, config.port) from None
     except BaseException:
         if mock is not None:
@@ -89,12 +89,13 @@ async def serve(
     port = server.sockets[0].getsockname()[1]
     tune_gc()
     scheme = "https" if tls is not None else "http"
-    on_ready(Listening(scheme, config.host, port, describe_upstream(config, mock_url, mock_reason)))
-
     stop = asyncio.Event()
+    # Before the ready line: a SIGHUP sent as soon as the router says it listens found no
+    # handler and its default action ended the process.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload, "SIGHUP")
+    on_ready(Listening(scheme, config.host, port, describe_upstream(config, mock_url, mock_reason)))
     watcher = _FileWatcher(loop, watch_path, lambda: app.reload("file changed")) if watch_path else None
     try:
         await stop.wait()

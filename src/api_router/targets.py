@@ -49,6 +49,8 @@ class Target:
     headers: HeaderList
     api_key: str | None
     forward_client_credentials: bool | None = None  # the backend's setting; None: the route's
+    api: str | None = None  # "openai" / "anthropic": the API it speaks; None: the client's
+    model: str | None = None  # its own name for the model, sent instead of the client's
 
 
 def lower_headers(headers: dict[str, str]) -> HeaderList:
@@ -56,9 +58,15 @@ def lower_headers(headers: dict[str, str]) -> HeaderList:
 
 
 def make_target(
-    name: str, url: str, headers: dict[str, str], api_key: str | None, forward_credentials: bool | None = None
+    name: str,
+    url: str,
+    headers: dict[str, str],
+    api_key: str | None,
+    forward_credentials: bool | None = None,
+    api: str | None = None,
+    model: str | None = None,
 ) -> Target:
-    return Target(name, parse_origin(url), lower_headers(headers), api_key, forward_credentials)
+    return Target(name, parse_origin(url), lower_headers(headers), api_key, forward_credentials, api, model)
 
 
 __all__ = ["Origin", "Target", "lower_headers", "make_target", "parse_origin"]

@@ -262,7 +262,7 @@ ANTHROPIC_STREAM = b"".join(
 
 
 def openai_chunks(data: bytes) -> list[Any]:
-    return [json.loads(text) for _, text in SseEvents().feed(data) if text != "[DONE]"]
+    return [json.loads(text) for _, text in SseEvents().feed(data) if text != b"[DONE]"]
 
 
 @pytest.mark.parametrize("piece", [len(ANTHROPIC_STREAM), 1, 7, 64])
@@ -347,8 +347,8 @@ def test_an_upstream_error_event_takes_the_clients_shape() -> None:
 def test_memory_is_bounded_by_the_longest_event() -> None:
     events = SseEvents()
     assert events.feed(b"data: x\r\n\r\ndata: y\r\rdata: " + b"z" * 100) == [
-        ("message", "x"),
-        ("message", "y"),
+        ("message", b"x"),
+        ("message", b"y"),
     ]
     with pytest.raises(StreamTranslationError):
         events.feed(b"z" * MAX_EVENT_BYTES)

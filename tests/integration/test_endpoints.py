@@ -3,6 +3,8 @@ route, /v1/* passed through, each API's error shape, through the official SDKs."
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import openai
@@ -38,6 +40,8 @@ def test_a_responses_stream_that_breaks_ends_with_the_responses_error_event(make
     events = sse_events(answer.content)
     assert answer.status_code == 200 and events[-1].startswith("event: error")
     assert '"type":"error"' in events[-1] and '"code":"upstream_disconnected"' in events[-1]
+    numbers = [json.loads(e.split("data: ", 1)[1])["sequence_number"] for e in events if "data: " in e]
+    assert numbers == list(range(len(numbers))), numbers  # the error event continues the numbering
 
 
 def test_v1_paths_pass_through_with_method_query_and_id(make_router, upstream):

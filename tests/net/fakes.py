@@ -3,7 +3,10 @@ its httptools protocol): every call the protocol makes is recorded, nothing is s
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import httptools
 
 from api_router.core.http import HeaderList
 
@@ -11,6 +14,7 @@ from api_router.core.http import HeaderList
 class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.written_after_close: list[bytes] = []  # also in written: a protocol that kept writing
         self.aborted = False
         self.closed = False
         self.reading = True
@@ -18,9 +22,11 @@ class FakeTransport:
 
     def write(self, data: bytes) -> None:
         self.written.append(bytes(data))
+        if self.is_closing():
+            self.written_after_close.append(bytes(data))
 
     def writelines(self, pieces: list[bytes]) -> None:
-        self.written.append(b"".join(bytes(p) for p in pieces))
+        self.write(b"".join(bytes(p) for p in pieces))
 
     def abort(self) -> None:
         self.aborted = True
@@ -75,3 +81,42 @@ class RecordingListener:
 
     def upstream_writable(self, writable: bool) -> None:
         self.events.append(("writable", writable))
+
+
+class ParsedResponse:
+    """One HTTP/1.1 response read back from what a protocol wrote."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_responses(data: bytes) -> list[ParsedResponse]:
+    """Every complete response in ``data``, in order (an unfinished one at the end is left out;
+    bytes that are no response make httptools raise, which fails the test that wrote them)."""
+    done: list[ParsedResponse] = []
+    current: list[ParsedResponse] = []
+
+    class Callbacks:
+        def on_message_begin(self) -> None:
+            current.append(ParsedResponse())
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            current[-1].headers[name.lower()] = value
+
+        def on_headers_complete(self) -> None:
+            current[-1].status = parser.get_status_code()
+
+        def on_body(self, body: bytes) -> None:
+            current[-1].body += body
+
+        def on_message_complete(self) -> None:
+            done.append(current.pop())
+
+    parser = httptools.HttpResponseParser(Callbacks())
+    parser.feed_data(data)
+    return done

@@ -50,7 +50,17 @@ _IGNORED = Ending("ignored", False, None, b"", False)
 
 
 class StreamState:
-    __slots__ = ("_policy", "bytes_forwarded", "flavor", "heartbeats", "phase", "sse", "tracker")
+    __slots__ = (
+        "_count_events",
+        "_policy",
+        "bytes_forwarded",
+        "events",
+        "flavor",
+        "heartbeats",
+        "phase",
+        "sse",
+        "tracker",
+    )
 
     def __init__(self, heartbeat_interval: float, flavor: ApiFlavor = ApiFlavor.OPENAI) -> None:
         self._policy = HeartbeatPolicy(heartbeat_interval)
@@ -60,6 +70,9 @@ class StreamState:
         self.tracker = SseBoundaryTracker()
         self.bytes_forwarded = 0
         self.heartbeats = 0
+        self.events = 0  # Responses API events forwarded (the error event's sequence_number)
+        # a plain bool: an enum member read per event is a module attribute lookup (bench.instructions)
+        self._count_events = flavor is ApiFlavor.RESPONSES
 
     def response_started(self, is_sse: bool) -> None:
         if self.phase is Phase.AWAITING_UPSTREAM:
@@ -70,6 +83,8 @@ class StreamState:
         """Rule 1: the hot path, one call per upstream read."""
         self.bytes_forwarded += len(chunk)
         if self.sse:
+            if self._count_events:  # one C pass over the piece, on the Responses API only
+                self.events += chunk.count(b"\ndata:") + chunk.startswith(b"data:")
             tracker = self.tracker
             if not (tracker.settled and chunk.endswith(b"\n\n")):  # else feed would change nothing
                 tracker.feed(chunk)
@@ -103,7 +118,7 @@ class StreamState:
             return Ending("upstream_died", False, None, b"", True)
         # Mid-event: end the partial event first, so the error event stands on its own.
         prefix = b"" if self.tracker.at_boundary else b"\n\n"
-        return Ending("upstream_died", False, None, prefix + error.sse_event(self.flavor), False)
+        return Ending("upstream_died", False, None, prefix + error.sse_event(self.flavor, self.events), False)
 
     def downstream_lost(self) -> Ending:
         """Rule 5."""

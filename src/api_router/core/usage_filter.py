@@ -36,6 +36,7 @@ _CONTENT: Final = b'"choices":[{'  # a chunk with a choice is never the usage-on
 NOTHING: Final = 0
 HOLD: Final = 1
 SCAN: Final = 2
+TRANSLATE: Final = 3  # every piece goes to the answer's translator (core/translate_answer.py)
 
 
 def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) -> int:

@@ -4,6 +4,10 @@ It imports nothing of the router but ``errors``/``core`` (tests/test_layers.py),
 run, tested and benchmarked against without the router's code in the way.
 
 - ``shape.py``: the per-request shape a client asks for (the ``"mock"`` object), parsed and checked
-- ``shapes.py``: the bodies and events each API answers with, for a shape
-- ``server.py``: the HTTP/1.1 server that speaks them; ``python -m api_router.mock --port 0``
+- ``shapes.py``: the bodies and events each API answers with, for a shape (``responses.py``: the
+  Responses API's); ``answers.py``: the fixed answers (models, files, count_tokens)
+- ``stats.py``: what the mock records (``/_stats``); ``multipart.py``: the audio routes' upload reader
+- ``connection.py``: one connection's HTTP/1.1 (parsing, in-order answers, backpressure)
+- ``handler.py``: what a connection answers each request with, and the pacing of its streams
+- ``server.py``: the listening server and its process; ``python -m api_router.mock --port 0``
 """

@@ -120,16 +120,27 @@ AUDIO_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")
 JSON_ROUTES = (*LLM_ROUTES, "/v1/embeddings")
 
 
+def _last_message_texts(messages: Any) -> list[str]:
+    """Text of the last message of a list (string content, or the ``text`` of its content parts)."""
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return []
+    content = messages[-1].get("content")
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
 def _texts(body: dict[str, Any]) -> list[str]:
-    """Text of the last message (string or content-part list), or the prompt."""
-    out: list[str] = []
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        content = messages[-1].get("content")
-        if isinstance(content, str):
-            out.append(content)
-        elif isinstance(content, list):
-            out.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    """Text of the last message (Chat/Messages ``messages`` or Responses ``input`` items), or the
+    prompt, or a Responses ``input`` string: clients such as the AI SDK send ``input`` items only."""
+    out = _last_message_texts(body.get("messages"))
+    given = body.get("input")
+    if isinstance(given, str):
+        out.append(given)
+    else:
+        out.extend(_last_message_texts(given))
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         out.append(prompt)
