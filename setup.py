@@ -19,6 +19,7 @@ from pathlib import Path
 from setuptools import setup
 
 COMPILED = [
+    "src/api_router/accounting.py",
     "src/api_router/core/balancer.py",
     "src/api_router/core/deadline.py",
     "src/api_router/core/flow_control.py",
@@ -32,6 +33,7 @@ COMPILED = [
     "src/api_router/core/translate_stream.py",
     "src/api_router/core/usage.py",
     "src/api_router/core/usage_filter.py",
+    "src/api_router/ledger.py",
     "src/api_router/metrics.py",
     "src/api_router/net/attempts.py",
     "src/api_router/net/dispatch.py",

@@ -9,15 +9,22 @@ only (not the kernel's work in system calls), under valgrind, so it says nothing
 The proxy runs under ``valgrind --tool=callgrind`` with counting off; after a warm-up, counting
 is switched on for N sequential streaming requests (the shape of workload 3, TTFT) and off again.
 Needs Debian's ``valgrind`` (and nginx for ``--nginx``).
+
+``--per-event N`` also counts requests of N token events and prints what one more event costs
+(the difference over the difference in events); ``--set KEY=JSON`` overrides a top-level router
+config key, e.g. ``--set 'streamUsage="passthrough"'`` against the default ``force`` for what
+usage accounting costs; ``--keep DIR`` keeps the callgrind files for ``callgrind_annotate``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from bench.loadgen import run_sequential
 from bench.targets import Fleet, nginx_available, raise_fd_limit
@@ -34,9 +41,18 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, timeout=60, check=True)
 
 
-def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) -> float:
+def measure(
+    fleet: Fleet,
+    name: str,
+    requests: int,
+    tokens: int,
+    warmup: int,
+    overrides: dict[str, object] | None = None,
+    keep: Path | None = None,
+    interval_ms: float = 0.0,
+) -> float:
     """Instructions per request for one proxy ("router", "router+features" or "nginx")."""
-    out = fleet.dir / f"{name}.callgrind"
+    out = fleet.dir / f"{name}-{tokens}.callgrind"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     if name == "nginx":
         target = fleet.start_nginx(name, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
@@ -49,11 +65,12 @@ def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) ->
             ready_timeout=VALGRIND_READY_S,
             traces=name == "router+traces",
             translated=name == "router+translated",
+            overrides=overrides,
         )
     assert target.pid is not None
-    run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm")
+    run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm", interval_ms)
     _control(target.pid, "-i", "on")
-    run_sequential(target.host, target.port, name, requests, tokens, f"{name}-count")
+    run_sequential(target.host, target.port, name, requests, tokens, f"{name}-count", interval_ms)
     _control(target.pid, "-i", "off")
     _control(target.pid, "-d")  # write the counts now: a proxy killed at stop would not
     fleet.stop(name)
@@ -61,6 +78,8 @@ def measure(fleet: Fleet, name: str, requests: int, tokens: int, warmup: int) ->
     for dump in fleet.dir.glob(out.name + "*"):  # the dump (and the exit's, with nothing counted since)
         match = _TOTAL.search(dump.read_bytes())
         total += int(match.group(1)) if match else 0
+        if keep is not None:
+            shutil.copy(dump, keep / dump.name)
     if not total:
         raise RuntimeError(f"no instructions counted in {out}*")
     return total / requests
@@ -79,7 +98,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also the router translating to an Anthropic-speaking backend",
     )
+    ap.add_argument("--per-event", type=int, metavar="N", help="also N-token requests: the cost of one event")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        type=_override,
+        help="a top-level router config key, e.g. 'streamUsage=\"passthrough\"' (repeatable)",
+    )
+    ap.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0.0,
+        help="between token events (default 0: the upstream's reads then carry many events each; "
+        "a few ms give one event per read, as a model streams)",
+    )
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind files to DIR")
     args = ap.parse_args(argv)
+    overrides = dict(args.set)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
     if not valgrind_available():
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
@@ -97,13 +136,56 @@ def main(argv: list[str] | None = None) -> int:
     fleet = Fleet(raise_fd_limit())
     try:
         fleet.start_mock()
-        counts = {name: measure(fleet, name, args.requests, args.tokens, args.warmup) for name in names}
+        counts = {
+            name: measure(
+                fleet, name, args.requests, args.tokens, args.warmup, overrides, args.keep, args.interval_ms
+            )
+            for name in names
+        }
+        long = {}
+        if args.per_event:  # fewer requests: each is N events long, and counts are stable per event
+            requests = max(10, args.requests * args.tokens // args.per_event)
+            long = {
+                name: measure(
+                    fleet,
+                    name,
+                    requests,
+                    args.per_event,
+                    args.warmup // 5,
+                    overrides,
+                    args.keep,
+                    args.interval_ms,
+                )
+                for name in names
+            }
     finally:
         fleet.close()
+    if overrides:
+        print("config:", json.dumps(overrides))
+    if args.interval_ms:
+        print(f"{args.interval_ms} ms between token events")
     print(f"instructions per streaming request ({args.tokens} tokens, {args.requests} counted, user space):")
     for name, count in counts.items():
         print(f"  {name:<16} {count:>12,.0f}")
+    if long:
+        extra = args.per_event - args.tokens
+        print(
+            f"instructions per request of {args.per_event} tokens, and per event (the difference / {extra}):"
+        )
+        for name, count in long.items():
+            per_event = (count - counts[name]) / extra
+            print(f"  {name:<16} {count:>12,.0f}   {per_event:>8,.0f} per event")
     return 0
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=JSON: {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: the value is not JSON ({exc})") from exc
 
 
 if __name__ == "__main__":

@@ -393,11 +393,13 @@ def _report(
     return out
 
 
-def run_sequential(host: str, port: int, name: str, count: int, tokens: int, run_id: str) -> dict[str, Any]:
+def run_sequential(
+    host: str, port: int, name: str, count: int, tokens: int, run_id: str, interval_ms: float = 0.0
+) -> dict[str, Any]:
     """Workload 3's shape: ``count`` streaming requests one after another on one keep-alive
     connection. Returns the report; raises if any failed (bench.instructions and bench.floor
     measure, they do not count failures)."""
-    spec = LoadSpec(host, port, Shape(tokens, 0.0, 16), run_id, requests_per_conn=count)
+    spec = LoadSpec(host, port, Shape(tokens, interval_ms, 16), run_id, requests_per_conn=count)
     report = asyncio.run(run_load(spec))
     if report["failed"] or report["ok"] != count:
         raise RuntimeError(f"requests through {name} failed: {report['first_errors']}")

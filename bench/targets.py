@@ -151,12 +151,17 @@ class Service:
 
 
 def router_config(
-    upstream_port: int, features: bool, otlp_port: int | None = None, translated: bool = False
+    upstream_port: int,
+    features: bool,
+    otlp_port: int | None = None,
+    translated: bool = False,
+    overrides: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """The router's config: plain (warnings only), or every feature on (access log at info,
     model mapping; metrics are always collected), and with ``otlp_port`` traces to that sink
     too; ``translated``: the mock is an Anthropic-speaking backend, so every chat request and
-    its stream are translated. All without the per-process stream caps."""
+    its stream are translated. All without the per-process stream caps; ``overrides``:
+    top-level keys set last."""
     config: dict[str, object] = {
         "baseUrl": f"http://127.0.0.1:{upstream_port}",
         "streamConfig": {"bufferSize": 8192, "heartbeatIntervalSecs": 30},
@@ -170,6 +175,7 @@ def router_config(
         config["telemetry"] = {"otlpEndpoint": f"http://127.0.0.1:{otlp_port}"}
     if translated:
         config["backends"] = [{"url": config.pop("baseUrl"), "api": "anthropic"}]
+    config.update(overrides or {})
     return config
 
 
@@ -273,11 +279,14 @@ class Fleet:
         ready_timeout: float = READY_TIMEOUT_S,
         traces: bool = False,
         translated: bool = False,
+        overrides: dict[str, object] | None = None,
     ) -> Target:
-        """``wrapper``: a command the router runs under (valgrind, for bench.instructions)."""
+        """``wrapper``: a command the router runs under (valgrind, for bench.instructions);
+        ``overrides``: top-level config keys (``router_config``)."""
         path = self.dir / f"{name}.json"
         otlp_port = self.start_otlp_sink() if traces else None
-        path.write_text(json.dumps(router_config(self.upstream_port, features, otlp_port, translated)))
+        config = router_config(self.upstream_port, features, otlp_port, translated, overrides)
+        path.write_text(json.dumps(config))
         exe = Path(sys.executable).parent / "api-router"
         argv = [str(exe), "serve", "--config", str(path), "--host", "127.0.0.1", "--port", "0"]
         argv += ["--workers", str(workers)] if workers > 1 else []

@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED = [
+    "api_router.accounting",
     "api_router.core.balancer",
     "api_router.core.deadline",
     "api_router.core.flow_control",
@@ -23,6 +24,7 @@ COMPILED = [
     "api_router.core.translate_stream",
     "api_router.core.usage",
     "api_router.core.usage_filter",
+    "api_router.ledger",
     "api_router.metrics",
     "api_router.net.attempts",
     "api_router.net.dispatch",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from api_router.config_usage import price_table
-from api_router.core.usage import PriceTable, Usage, cost_usd
+from api_router.core.usage import Price, PriceTable, Usage, cost_usd
 from api_router.routing import RouteKind
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Routes whose answers are model calls: others (pass-through, /v1/models) are not accounted.
 ACCOUNTED = frozenset({RouteKind.JSON, RouteKind.MULTIPART})
+# Model names priced so far are remembered (a miss walks the whole table); clients choose the
+# names, so the memory is bounded: past this many, further names are looked up every time.
+PRICE_CACHE_SIZE = 1024
 
 
 class Accounted(Protocol):
@@ -47,20 +50,26 @@ class Accounted(Protocol):
 class Accounting:
     """Built from one Config (a reload builds a new one); prices and labels are read once."""
 
-    __slots__ = ("_mapped", "metrics", "prices")
+    __slots__ = ("_mapped", "_priced", "metrics", "prices")
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self.metrics = metrics
         self.prices = PriceTable(price_table(config.prices))
         self._mapped = {name: config.mapped_model(name) for name in config.model_mapping}
+        self._priced: dict[str | None, Price | None] = {}  # model -> its price (price_of)
         known = set(config.model_mapping) | set(config.prices) | set(price_table({}))
         metrics.known_models = frozenset(known)
 
     def price_of(self, usage: Usage, model: str | None) -> float | None:
         """The cost of ``usage``: priced by the client's model name, else by the upstream's."""
-        price = self.prices.price(model)
-        if price is None and model is not None:
-            price = self.prices.price(self._mapped.get(model))
+        try:
+            price = self._priced[model]
+        except KeyError:
+            price = self.prices.price(model)
+            if price is None and model is not None:
+                price = self.prices.price(self._mapped.get(model))
+            if len(self._priced) < PRICE_CACHE_SIZE:
+                self._priced[model] = price
         return None if price is None else cost_usd(usage, price)
 
     def finished(self, exchange: Accounted) -> None:

@@ -77,11 +77,11 @@ class MemoryLedger:
     backend = "memory"
 
     def __init__(self) -> None:
-        self._periods: dict[Period, tuple[str, dict[str, Spend]]] = {}
+        self._periods: dict[Period, tuple[str, dict[str, _Tally]]] = {}
         self._names: dict[Period, str] = {}
         self._names_until = -1.0  # periods change only at a UTC midnight: named once a day
 
-    def _current(self, period: Period, epoch: float) -> dict[str, Spend]:
+    def _current(self, period: Period, epoch: float) -> dict[str, _Tally]:
         if epoch >= self._names_until or epoch < self._names_until - 86400:
             self._names = {p: period_id(p, epoch) for p in PERIODS}
             self._names_until = (epoch // 86400 + 1) * 86400
@@ -92,16 +92,44 @@ class MemoryLedger:
         return held[1]
 
     def record(self, client: str, usage: Usage | None, cost: float | None, epoch: float) -> None:
+        # Tallied in place (a Spend per period per request was three tuples built in Python)
         for period in PERIODS:
             spends = self._current(period, epoch)
-            spends[client] = spends.get(client, _ZERO).plus(usage, cost)
+            tally = spends.get(client)
+            if tally is None:
+                tally = spends[client] = _Tally()
+            tally.requests += 1
+            if usage is not None:
+                tally.input += usage.input
+                tally.output += usage.output
+                tally.cached_input += usage.cached_input
+                tally.reasoning += usage.reasoning
+            tally.cost_usd += cost or 0.0
 
     def spend(self, client: str, period: Period, epoch: float) -> Spend:
-        return self._current(period, epoch).get(client, _ZERO)
+        tally = self._current(period, epoch).get(client)
+        return _ZERO if tally is None else tally.spend()
 
     def spends(self, clients: list[str], period: Period, epoch: float) -> dict[str, Spend]:
         current = self._current(period, epoch)
-        return {client: current.get(client, _ZERO) for client in clients}
+        out = {}
+        for client in clients:
+            tally = current.get(client)
+            out[client] = _ZERO if tally is None else tally.spend()
+        return out
 
 
 _ZERO = Spend()
+
+
+class _Tally:
+    """One client's figures in one period, added to in place (``MemoryLedger.record``)."""
+
+    __slots__ = ("cached_input", "cost_usd", "input", "output", "reasoning", "requests")
+
+    def __init__(self) -> None:
+        self.requests = self.input = self.output = self.cached_input = self.reasoning = 0
+        self.cost_usd = 0.0
+
+    def spend(self) -> Spend:
+        return Spend(self.requests, self.input, self.output, self.cached_input, self.reasoning, self.cost_usd)

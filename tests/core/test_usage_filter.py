@@ -136,3 +136,39 @@ def test_as_forwarded_split_at_every_offset() -> None:
     for cut in range(1, len(raw)):
         assert _as_forwarded(raw, [cut]) == (WITHOUT, Usage(19, 4, 0, 0, False)), cut
         assert _as_forwarded(raw, [cut, min(len(raw), cut + 9)]) == (WITHOUT, Usage(19, 4, 0, 0, False)), cut
+
+
+def test_a_usage_chunk_sharing_or_split_across_http_chunks_is_removed_at_every_offset() -> None:
+    """Not one whole chunk: the reader does not name the event (usage_event), the filter searches."""
+    at = EVENTS.index(USAGE_EVENT)
+    half = USAGE_EVENT.index(b'"usage"')  # framing inside the object would keep it from parsing
+    layouts = {
+        "shares a chunk": [*EVENTS[:at], USAGE_EVENT + EVENTS[at + 1], *EVENTS[at + 2 :]],
+        "split in two": [*EVENTS[:at], USAGE_EVENT[:half], USAGE_EVENT[half:], *EVENTS[at + 1 :]],
+    }
+    for layout, chunks in layouts.items():
+        raw = _chunked(chunks)
+        reader = UsageReader()
+        reader.feed(raw)
+        assert reader.found and reader.usage_event == b"", layout
+        for cut in range(1, len(raw)):
+            assert _as_forwarded(raw, [cut]) == (WITHOUT, Usage(19, 4, 0, 0, False)), (layout, cut)
+
+
+def test_a_usage_chunk_that_is_one_whole_http_chunk_is_named_by_the_reader() -> None:
+    reader = UsageReader()
+    reader.feed(_chunked(EVENTS))
+    assert reader.usage_event == USAGE_EVENT
+
+
+def test_usage_in_every_chunk_only_the_usage_only_chunk_is_removed() -> None:
+    """vLLM's continuous_usage_stats: content chunks carry usage objects too."""
+    running = b'"usage":{"prompt_tokens":19,"completion_tokens":1}'
+    chunks = [e.replace(b'"usage":null', running) for e in EVENTS]
+    assert chunks != EVENTS
+    usage_event = next(e for e in chunks if b'"choices":[]' in e)
+    raw = _chunked(chunks)
+    without = b"".join(e for e in chunks if e is not usage_event)
+    for cut in [0, *range(1, len(raw), 7)]:
+        sent, usage = _as_forwarded(raw, [cut] if cut else [])
+        assert sent == without and usage == Usage(19, 4, 0, 0, False), cut

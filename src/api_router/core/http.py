@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Final
 
 HeaderList = list[tuple[bytes, bytes]]
 
@@ -25,8 +26,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-LAST_CHUNK = b"0\r\n\r\n"
-CRLF = b"\r\n"
+# Final (here and below): compiled code inlines these or holds them in C statics; a plain module
+# constant is a globals-dict lookup at each use (CRLF: once per forwarded event in net/forward.py)
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
 
 
 class Framing(enum.Enum):
@@ -99,8 +102,8 @@ def chunk_header(size: int) -> bytes:
 
 
 # Chunk-size lines by size, made once: formatting one per event cost more than the lookup.
-_CHUNK_HEADS: dict[int, bytes] = {}
-_CHUNK_HEADS_UP_TO = 4096  # bounds the cache (~150 KB at most); SSE events are mostly smaller
+_CHUNK_HEADS: Final[dict[int, bytes]] = {}
+_CHUNK_HEADS_UP_TO: Final = 4096  # bounds the cache (~150 KB at most); SSE events are mostly smaller
 
 
 def chunk_head(size: int) -> bytes:

@@ -26,7 +26,7 @@ again (stdlib ``json``, which reports duplicates and keeps every number exact).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 JUDGED_KEYS = ("model", "stream", "stream_options")
 _QUOTED = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
@@ -119,7 +119,7 @@ def _value_end(raw: bytes, start: int) -> int:
 
 _INCLUDE_USAGE = b'"include_usage"'
 _ASKED = b'"stream_options":{"include_usage":true}'
-_ASKED_FIRST = b"{" + _ASKED + b","
+USAGE_ASKED_FIRST: Final = b'{"stream_options":{"include_usage":true},'  # a body's start, asked
 _STREAM_OPTIONS = b'"stream_options"'
 
 
@@ -134,7 +134,7 @@ def ask_for_usage(raw: bytes, body: dict[str, Any]) -> tuple[bytes, bool]:
         return raw, False
     if "stream_options" not in body:  # the usual body: absent in any spelling, so insert it first
         if raw[:1] == b"{":
-            return _ASKED_FIRST + raw[1:], True
+            return USAGE_ASKED_FIRST + raw[1:], True
         at = raw.index(b"{") + 1  # the top-level object (orjson said so), after leading space
         return raw[:at] + _ASKED + b"," + raw[at:], True
     if _is_plain(raw):

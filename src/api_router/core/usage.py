@@ -30,20 +30,23 @@ Rule 4. A stream that did not end cleanly, or ended without reporting usage, is 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-MARKER = b'"usage"'
-MAX_USAGE_BYTES = 4096  # a usage object is ~100-400 bytes; anything longer is not one
+# Final: mypyc inlines these; a plain module constant is a dict lookup at each use in compiled code
+MARKER: Final = b'"usage"'
+MAX_USAGE_BYTES: Final = 4096  # a usage object is ~100-400 bytes; anything longer is not one
 # ``data:`` lines are counted in the first bytes of an answer only, then extrapolated by bytes:
 # counting every read cost as much as the search for usage itself (a pass over every byte).
-SAMPLE_BYTES = 2048
-_MAX_TRIES = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
-_WHITESPACE = b" \t\r\n"
-_SEPARATORS = b" \t\r\n:"
-_KEEP = len(MARKER) - 1  # a read may end with the first bytes of the marker
-EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
+SAMPLE_BYTES: Final = 2048
+_MAX_TRIES: Final = 16  # closing braces tried per object (nesting in usage objects is 2-3 deep)
+_WHITESPACE: Final = b" \t\r\n"
+_SEPARATORS: Final = b" \t\r\n:"
+_KEEP: Final = len(MARKER) - 1  # a read may end with the first bytes of the marker
+EMPTY_CHOICES: Final = (b'"choices":[]', b'"choices": []')  # OpenAI's usage-only chunk has these
+# A read that ends an event ends so: framed, framed and the body's last chunk, or not framed
+_EVENT_ENDS: Final = (b"\n\n\r\n", b"\n\n\r\n0\r\n\r\n", b"\n\n")
 
 
 class Usage(NamedTuple):
@@ -55,6 +58,7 @@ class Usage(NamedTuple):
 
 
 NO_USAGE = Usage(0, 0, 0, 0, True)
+_new_tuple: Final = tuple.__new__
 
 
 class Price(NamedTuple):
@@ -111,6 +115,7 @@ class UsageReader:
 
     __slots__ = (
         "_carry",
+        "_sample",
         "_sampled",
         "_tail",
         "cached_input",
@@ -122,6 +127,7 @@ class UsageReader:
         "reasoning",
         "total_bytes",
         "unfinished",
+        "usage_event",
     )
 
     def __init__(self) -> None:
@@ -132,32 +138,53 @@ class UsageReader:
         self.found = False  # a usage object was read
         self.events = 0  # ``data:`` lines counted in the first SAMPLE_BYTES (Rule 4)
         self._sampled = 0  # bytes they were counted in
+        self._sample: bytes | bytearray = b""  # a read of the sample not counted yet (estimated_events)
         self.total_bytes = 0  # bytes read in all
         self._carry = b""  # an unfinished usage object at the end of the last read (Rule 3)
         self.unfinished = False  # the last read did not end an event
         self._tail = b""  # then, its last bytes if they begin the marker
         # in the last read that held usage: the spelling of its empty choice list, if any
         self.empty_choices: tuple[bytes, ...] = ()
+        # and then the event that holds it, if that event is one whole HTTP chunk (``_whole_chunk``)
+        self.usage_event = b""
 
     # -- reading ------------------------------------------------------------------------
     def read(self, buffer: bytes | bytearray, end: int) -> bool:
         """One upstream read, ``buffer[:end]`` as it came (HTTP chunk framing and all); whether
-        it held a usage object. The usual read costs a search and one or two ``endswith``."""
-        if self._sampled < SAMPLE_BYTES:
-            self.events += buffer.count(b"data:", 0, end)
+        it held a usage object. The usual read costs one search and one ``endswith``: each
+        method call on the shared bytearray is a generic call in compiled code (~1-2k
+        instructions before any byte is looked at), so there are as few as possible."""
+        if self._sample:  # the last read's count, put off: counted now (nothing held longer)
+            self.events += self._sample.count(b"data:")
+            self._sample = b""
+        sampling = self._sampled < SAMPLE_BYTES
+        if sampling:
             self._sampled += end
         self.total_bytes += end
         data: bytes | bytearray | None = None
+        at = -1  # where the first usage object may start in ``data``
         carry = self._carry
         if carry:
             self._carry = b""
             data = carry + buffer[:end]
+            at = 0
         elif self._tail and buffer.startswith(MARKER[len(self._tail) :], 0, end):
             data = self._tail + buffer[:end]  # the marker straddles the last read and this one
-        elif _has_usage_object(buffer, end):
-            data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
+            at = 0
+        else:
+            at = _usage_object_at(buffer, end)
+            if at >= 0:
+                data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
+                if sampling:
+                    # Counted only if needed: an answer whose usage came complete (this is often
+                    # its last read: OpenAI's usage chunk) never is (Rule 4). Kept until the
+                    # next read at most, so only an answer's first bytes are ever held.
+                    self._sample = data
+                    sampling = False
+        if sampling:
+            self.events += buffer.count(b"data:", 0, end)
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
-        unfinished = not (buffer.endswith(b"\n\n\r\n", 0, end) or buffer.endswith(b"\n\n", 0, end))
+        unfinished = not buffer.endswith(_EVENT_ENDS, 0, end)
         tail = b""
         if unfinished:
             # Kept only if the read ends with the start of the marker (a quote in its last bytes
@@ -173,11 +200,22 @@ class UsageReader:
         self.unfinished = unfinished
         if data is None:
             return False
-        self._scan(data)
+        first = self._scan(data, at)
         self.empty_choices = ()
-        for spelling in EMPTY_CHOICES:  # one search more, in the rare read that holds usage
-            if spelling in data:
+        self.usage_event = b""
+        if first < 0:
+            return True
+        # The empty choice list is looked for from the event of the first usage object on (usage
+        # may come in every chunk: vLLM's continuous_usage_stats, the usage-only chunk last).
+        start = max(data.rfind(b"\n\n", 0, first), 0)
+        for spelling in EMPTY_CHOICES:
+            at = data.find(spelling, start)
+            if at >= 0:
                 self.empty_choices = (spelling,)
+                # in that same event, and the event one whole HTTP chunk: the filter knows it
+                chunk_start, chunk_end = _whole_chunk(data, first)
+                if chunk_start <= at < chunk_end:
+                    self.usage_event = bytes(data[chunk_start:chunk_end])
                 break
         return True
 
@@ -190,28 +228,34 @@ class UsageReader:
         self.feed(body)
         self._carry = b""
 
-    def _scan(self, data: bytes | bytearray) -> None:
-        at = data.find(MARKER)
+    def _scan(self, data: bytes | bytearray, at: int) -> int:
+        """Read the usage objects in ``data`` from ``at`` (the first marker, or before it); where
+        the first one read starts, -1 if none was."""
+        first = -1
+        at = data.find(MARKER, at)
         while at >= 0:
             value = _skip(data, at + len(MARKER))
             if value >= len(data):
                 self._carry_from(data, at)  # the read ended after the key
-                return
+                return first
             if data[value] != 0x3A:  # ':' -- not a key: "usage" was a string value
                 at = data.find(MARKER, value)
                 continue
             start = _skip(data, value + 1)
             if start >= len(data):
                 self._carry_from(data, at)
-                return
+                return first
             if data[start] != 0x7B:  # '{' -- null (OpenAI's other chunks) or not usage
                 at = data.find(MARKER, start)
                 continue
             end = self._object_end(data, start)
             if end < 0:
                 self._carry_from(data, at)
-                return
+                return first
+            if first < 0:
+                first = at
             at = data.find(MARKER, end)
+        return first
 
     def _carry_from(self, data: bytes | bytearray, at: int) -> None:
         if len(data) - at <= MAX_USAGE_BYTES:
@@ -273,6 +317,9 @@ class UsageReader:
     # -- the answer ---------------------------------------------------------------------
     def estimated_events(self) -> int:
         """``data:`` lines in the whole answer: counted in the sample, extrapolated by bytes."""
+        if self._sample:
+            self.events += self._sample.count(b"data:")
+            self._sample = b""
         if self._sampled >= self.total_bytes or not self._sampled:
             return self.events
         return round(self.events * self.total_bytes / self._sampled)
@@ -283,7 +330,9 @@ class UsageReader:
         estimated = not (complete and self.found)
         if estimated:
             output = max(output, self.estimated_events())
-        return Usage(self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
+        # tuple.__new__: the NamedTuple's own __new__ is interpreted code (~2k instructions more)
+        figures = (self.input or 0, output, self.cached_input or 0, self.reasoning or 0, estimated)
+        return _new_tuple(Usage, figures)
 
     def __repr__(self) -> str:
         return (
@@ -293,18 +342,37 @@ class UsageReader:
         )
 
 
-def _has_usage_object(buffer: bytes | bytearray, end: int) -> bool:
-    """Does ``buffer[:end]`` name ``"usage"`` with anything but ``null`` after it? (Rule 3:
-    OpenAI's ``"usage":null`` on every chunk must not make every read a scanned one.)"""
+def _usage_object_at(buffer: bytes | bytearray, end: int) -> int:
+    """Where ``buffer[:end]`` names ``"usage"`` with anything but ``null`` after it, -1 if
+    nowhere. (Rule 3: OpenAI's ``"usage":null`` on every chunk must not make every read a
+    scanned one.)"""
     at = buffer.find(MARKER, 0, end)
     while at >= 0:
-        at += len(MARKER)
-        while at < end and buffer[at] in _SEPARATORS:
-            at += 1
-        if at >= end or buffer[at] != 0x6E:  # 'n': null; anything else, or the read's end, may be usage
-            return True
-        at = buffer.find(MARKER, at, end)
-    return False
+        value = at + len(MARKER)
+        while value < end and buffer[value] in _SEPARATORS:
+            value += 1
+        if value >= end or buffer[value] != 0x6E:  # 'n': null; anything else, or the read's end, may be usage
+            return at
+        at = buffer.find(MARKER, value, end)
+    return -1
+
+
+def _whole_chunk(data: bytes | bytearray, at: int) -> tuple[int, int]:
+    """Where the event around ``at`` starts and ends if it is exactly one HTTP chunk of ``data``
+    (a raw read): the end of the previous chunk (or of the head) and the event's size in hex
+    come right before it, the end of its chunk right after. The usage-chunk filter then knows
+    it by equality (core/usage_filter.py); else (0, 0) (no framing, an event split across
+    chunks or sharing one, a size spelled otherwise): the filter searches instead."""
+    end = data.find(b"\n\n", at) + 2
+    start = data.rfind(b"\r\n", 0, at) + 2
+    if end < 2 or start < 2:
+        return 0, 0
+    framed = b"\n\r\n%x\r\n" % (end - start)
+    if start < len(framed) or not data.startswith(framed, start - len(framed)):
+        return 0, 0
+    if not data.startswith(b"\r\n", end):
+        return 0, 0
+    return start, end
 
 
 def _skip(data: bytes | bytearray, at: int) -> int:

@@ -19,16 +19,24 @@ Rule 3. Pieces come here only from reads that need it (``read_mode``): a read in
         a read that did not end an event (HOLD: its last piece may be held) and the read after
         one that left something held (HOLD: its first piece completes the held event, which is
         looked at then). A read that ends an event and has no usage object (nearly all) does
-        not come here at all.
+        not come here at all. When the usage chunk is one whole HTTP chunk of its read (the
+        ``UsageReader`` checks the framing: ``usage_event``), it is the one piece equal to it,
+        and the other pieces of a SCAN read go out unsearched.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from api_router.core.usage import EMPTY_CHOICES, MARKER, UsageReader
 
-_CONTENT = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
-NOTHING, HOLD, SCAN = 0, 1, 2  # what one read's body pieces need (``read_mode``)
-TRANSLATE = 3  # every piece goes to the answer's translator (core/translate_answer.py)
+_CONTENT: Final = b'"choices":[{'  # a chunk with a choice is never the usage-only chunk
+# What one read's body pieces need (``read_mode``). Final: mypyc inlines them, also in net/forward.py
+# (a plain module constant is a dict lookup per body piece there).
+NOTHING: Final = 0
+HOLD: Final = 1
+SCAN: Final = 2
+TRANSLATE: Final = 3  # every piece goes to the answer's translator (core/translate_answer.py)
 
 
 def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) -> int:
@@ -42,23 +50,22 @@ def read_mode(reader: UsageReader, strip: UsageChunkFilter | None, found: bool) 
 
 
 class UsageChunkFilter:
-    __slots__ = ("_held", "_limit", "reader", "removed")
+    __slots__ = ("_held", "_limit", "holding", "reader", "removed")
 
     def __init__(self, reader: UsageReader, limit: int) -> None:
         self.reader = reader
         self._limit = limit
         self._held = b""
+        # bytes are held: an attribute, not a property (net/forward.py reads it per body piece)
+        self.holding = False
         self.removed = False  # the usage chunk was taken out (there is one per stream)
-
-    @property
-    def holding(self) -> bool:
-        return bool(self._held)
 
     def feed(self, data: bytes, scan: bool) -> bytes:
         """One body piece; returns the bytes to forward (possibly none)."""
         held = self._held
         if held:
             self._held = b""
+            self.holding = False
             data = held + data
             scan = True  # the held event is judged whole, with its end
         if not data.endswith(b"\n\n"):
@@ -67,12 +74,25 @@ class UsageChunkFilter:
                 cut = 0
             if len(data) - cut <= self._limit and data.find(_CONTENT, cut) < 0:
                 self._held = data[cut:]
+                self.holding = bool(self._held)
                 data = data[:cut]
         if scan and data and not self.removed:
+            event = self.reader.usage_event
+            if event and not held:
+                # The usage chunk is one whole HTTP chunk of this read: it comes as one piece,
+                # equal to it, and no other piece holds it (no search per piece).
+                if data == event:
+                    self.removed = True
+                    return b""
+                return data
             return self._remove(data)
         return data
 
     def _remove(self, data: bytes) -> bytes:
+        # One pass for a content piece: no usage, nothing to remove. (Not ``MARKER in data``: for
+        # bytes that first tries the marker as an int and formats the TypeError it catches.)
+        if data.find(MARKER) < 0:
+            return data
         # the spelling the reader saw in this read; both for a held tail (seen in an earlier read)
         for spelling in self.reader.empty_choices or EMPTY_CHOICES:
             at = data.find(spelling)
@@ -93,6 +113,7 @@ class UsageChunkFilter:
     def finish(self) -> bytes:
         """The upstream ended: whatever is held goes out as it came."""
         held, self._held = self._held, b""
+        self.holding = False
         return held
 
     def __repr__(self) -> str:
