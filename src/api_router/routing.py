@@ -113,11 +113,9 @@ class PreparedJson(NamedTuple):
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
 _ASKED_FIRST: Final = json_body.USAGE_ASKED_FIRST  # a C static here (json_body is not compiled)
-# Sent with the router's key on Anthropic routes when the client sent none.
-ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")
+ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")  # with the router's key, if the client sent none
 _UNMAPPED: tuple[str | None, str | None] = (None, None)
-# A tunnel's handshake keeps its upgrade (hop-by-hop, so dropped with the client's Connection).
-_WEBSOCKET_UPGRADE = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+_WEBSOCKET_UPGRADE = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]  # a tunnel's handshake
 
 
 class _HeadPlan:
