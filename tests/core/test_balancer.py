@@ -326,3 +326,14 @@ def test_make_balancer() -> None:
     assert isinstance(make_balancer("least-connections", pool), LeastConnections)
     with pytest.raises(ValueError, match="unknown balancing"):
         make_balancer("random", pool)  # type: ignore[arg-type]
+
+
+def test_record_is_a_verdict_of_either_kind_or_none() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, cooldown=10)
+    breaker.record(False, 0)  # a failure: one is the threshold
+    assert breaker.state is OPEN
+    assert breaker.allows(10)  # cooldown over: the one probe
+    breaker.record(None, 10)  # no verdict: the probe slot is freed, the circuit stays half-open
+    assert breaker.allows(10)
+    breaker.record(True, 11)  # the probe succeeded
+    assert breaker.state is CLOSED

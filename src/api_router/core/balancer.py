@@ -124,6 +124,15 @@ class CircuitBreaker:
                 self._open(now)
         # In OPEN: a straggler's failure; the cooldown is not extended.
 
+    def record(self, success: bool | None, now: float) -> None:
+        """An attempt's verdict: True a success, False a failure, None none (``abandon``)."""
+        if success is True:
+            self.record_success(now)
+        elif success is False:
+            self.record_failure(now)
+        else:
+            self.abandon(now)
+
     def abandon(self, now: float) -> None:
         """The admitted request ended with no verdict (e.g. cancelled): free the probe slot."""
         self._advance(now)

@@ -257,13 +257,7 @@ class Attempts:
         if backend is None:
             return
         backend.in_flight -= 1
-        now = self.loop.time()
-        if success is True:
-            backend.breaker.record_success(now)
-        elif success is False:
-            backend.breaker.record_failure(now)
-        else:
-            backend.breaker.abandon(now)
+        backend.breaker.record(success, self.loop.time())
         self.app.metrics.backend_result(backend.name, success, time.perf_counter() - self.started_at)
 
     def _send_request(self) -> None:

@@ -219,13 +219,7 @@ class Tunnel:
         if backend is None or self.judged:
             return
         self.judged = True
-        now = self.conn.app.loop.time()
-        if success is True:
-            backend.breaker.record_success(now)
-        elif success is False:
-            backend.breaker.record_failure(now)
-        else:
-            backend.breaker.abandon(now)
+        backend.breaker.record(success, self.conn.app.loop.time())
         elapsed = time.perf_counter() - self.req.started_at
         self.conn.app.metrics.backend_result(backend.name, success, elapsed)
 
