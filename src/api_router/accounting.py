@@ -1,7 +1,7 @@
 """Where usage goes once an exchange ends (issue 11): its price, the metrics, the access line.
 
 ``core/usage.py`` reads the usage off the upstream's answer as it is forwarded; the Forwarder
-hands the result here through ``App.account`` exactly once per exchange. This is the seam for
+hands the result here through ``Runtime.account`` exactly once per exchange. This is the seam for
 anything else that needs the spend (a shared ledger, budgets, tokens-per-minute reconciliation):
 it sees who called (``client``), the model they asked for, the status and the ``Usage``.
 

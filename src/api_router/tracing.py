@@ -4,7 +4,7 @@ conventions, exported in batches over OTLP/HTTP by the OpenTelemetry SDK.
 Rule 1. Off unless ``telemetry.otlpEndpoint`` is set; then the SDK is imported (it is the
         ``otel`` extra) and nothing else changes. With it off, no request pays anything.
 Rule 2. A span starts when the router begins an exchange (``start``) and ends when the exchange
-        ends (``finish``, from ``App.account``). Its parent is the client's W3C ``traceparent``
+        ends (``finish``, from ``Runtime.account``). Its parent is the client's W3C ``traceparent``
         when it sent one, else it starts a trace; the upstream gets a ``traceparent`` naming
         this span, so the provider's spans (or a self-hosted backend's) hang under the router's.
         The sampling decision is the parent's, else ``sampleRatio``; an unsampled exchange still

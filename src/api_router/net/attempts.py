@@ -2,7 +2,7 @@
 request sent (a whole JSON body, or a streamed one as it arrives), and failover to the next
 backend while nothing has reached the client.
 
-``Forwarder`` (forward.py) is this class plus the response side; this part calls three of its
+``Forwarder`` (forward.py) is this class plus the response side; this part calls four of its
 methods (``_bind``: the response side listens on the connection; ``_apply``, ``_arm``,
 ``_cancel_timers``), declared here.
 """

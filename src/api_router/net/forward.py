@@ -132,8 +132,8 @@ class Forwarder(Attempts):
         self._usage_filter: UsageChunkFilter | None = None
         self._translator: AnswerTranslator | None = None  # the answer is in the other API (translation.py)
         self.usage: Usage | None = None  # the answer's usage, set when the exchange ends
-        self.cost_usd: float | None = None  # its price (App.account), None: no price known
-        self.span: Any = span  # its OpenTelemetry span (tracing.py), ended by App.account
+        self.cost_usd: float | None = None  # its price (Runtime.account), None: no price known
+        self.span: Any = span  # its OpenTelemetry span (tracing.py), ended by Runtime.account
 
     def _bind(self, conn: UpstreamConnection, *, reused: bool) -> None:
         self.conn = conn
