@@ -8,6 +8,8 @@ only through the connection's port, ``Answering``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from api_router import logs
@@ -169,58 +171,43 @@ def _start_json(conn: Answering, req: Request, route: Route) -> None:
         )
         return
     key = make_cache_key(route.path, prepared.body, None)
+    miss = partial(  # the exchange a miss starts, its answer kept for the next request
+        _begin,
+        conn,
+        req,
+        route,
+        body=prepared.raw,
+        streaming=False,
+        group=group,
+        cache_key=key,
+        x_cache=b"MISS",
+        model=prepared.model,
+        requests=requests,
+    )
     if cache.answers_now:  # in process: no task per lookup
-        _answer_cached(
-            conn, req, route, prepared.raw, group, key, cache.get_now(key), prepared.model, requests
-        )
+        _answer_cached(conn, req, route, cache.get_now(key), miss)
     else:
         conn.fetching = True
-        spawn(_lookup_then_answer(conn, req, route, prepared.raw, group, key, prepared.model, requests))
+        spawn(_lookup_then_answer(conn, req, route, key, miss))
 
 
 async def _lookup_then_answer(
-    conn: Answering,
-    req: Request,
-    route: Route,
-    body: bytes,
-    group: BackendGroup,
-    key: str,
-    model: str | None,
-    requests: BackendRequests | None,
+    conn: Answering, req: Request, route: Route, key: str, miss: Callable[[], Forwarder]
 ) -> None:
     cache = req.runtime.cache
     assert cache is not None
     cached = await cache.get(key)
     conn.fetching = False
     if not conn.closed:
-        _answer_cached(conn, req, route, body, group, key, cached, model, requests)
+        _answer_cached(conn, req, route, cached, miss)
         conn.answer_queued()
 
 
 def _answer_cached(
-    conn: Answering,
-    req: Request,
-    route: Route,
-    body: bytes,
-    group: BackendGroup,
-    key: str,
-    cached: CachedResponse | None,
-    model: str | None,
-    requests: BackendRequests | None,
+    conn: Answering, req: Request, route: Route, cached: CachedResponse | None, miss: Callable[[], Forwarder]
 ) -> None:
     if cached is None:
-        _begin(
-            conn,
-            req,
-            route,
-            body=body,
-            streaming=False,
-            group=group,
-            cache_key=key,
-            x_cache=b"MISS",
-            model=model,
-            requests=requests,
-        )
+        miss()
         return
     headers = [*cached.headers, (b"x-request-id", req.request_id), (b"x-cache", b"HIT")]
     if not req.keep_alive:

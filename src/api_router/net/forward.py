@@ -155,13 +155,14 @@ class Forwarder(Attempts):
         self.status = status
         self.ttfb = time.perf_counter() - self.started_at
         self._no_more_attempts()
-        requests, extra = self._requests, None
-        translator = requests.answer_translator(self.target) if requests is not None else None
-        if translator is not None and requests is not None:  # its body changes, and so its length
-            headers = [item for item in headers if item[0] != b"content-length"]
-            extra = requests.for_target(self.target).dropped
+        requests, translator, dropped = self._requests, None, None
+        if requests is not None:
+            translator = requests.answer_translator(self.target)
+            if translator is not None:  # its body changes, and so its length
+                headers = [item for item in headers if item[0] != b"content-length"]
+                dropped = requests.for_target(self.target).dropped
         http11, close_after = self.downstream.http11, self.downstream.close_after
-        head = plan_head(status, headers, self.request_id, self._x_cache, http11, close_after, extra)
+        head = plan_head(status, headers, self.request_id, self._x_cache, http11, close_after, dropped)
         is_sse, self._framing = head.is_sse, head.framing
         if (
             self._x_cache is not None
