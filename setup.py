@@ -25,6 +25,7 @@ COMPILED = [
     "src/api_router/core/flow_control.py",
     "src/api_router/core/heartbeat.py",
     "src/api_router/core/http.py",
+    "src/api_router/core/json_body.py",
     "src/api_router/core/request_head.py",
     "src/api_router/core/response_head.py",
     "src/api_router/core/sse.py",

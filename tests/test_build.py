@@ -16,6 +16,7 @@ COMPILED = [
     "api_router.core.flow_control",
     "api_router.core.heartbeat",
     "api_router.core.http",
+    "api_router.core.json_body",
     "api_router.core.request_head",
     "api_router.core.response_head",
     "api_router.core.sse",

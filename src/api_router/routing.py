@@ -9,12 +9,11 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
 from api_router.config import Config, EndpointConfig
-from api_router.core import json_body
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
 from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
 from api_router.core.paths import PathTable, is_pattern
@@ -112,7 +111,6 @@ class PreparedJson(NamedTuple):
 
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
-_ASKED_FIRST: Final = json_body.USAGE_ASKED_FIRST  # a C static here (json_body is not compiled)
 ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")  # with the router's key, if the client sent none
 _UNMAPPED: tuple[str | None, str | None] = (None, None)
 _WEBSOCKET_UPGRADE = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]  # a tunnel's handshake
@@ -374,9 +372,8 @@ class Router:
         if changes:
             raw = replace_values(raw, changes)  # the rest of the client's bytes untouched
         strip = False
-        if stream and route.force_usage:  # spliced, as above (core/json_body.py, rule 3); the usual
-            usual = raw[:1] == b"{" and "stream_options" not in body  # body here, not interpreted
-            raw, strip = (_ASKED_FIRST + raw[1:], True) if usual else ask_for_usage(raw, body)
+        if stream and route.force_usage:
+            raw, strip = ask_for_usage(raw, body)  # spliced, as above (core/json_body.py, rule 3)
         return PreparedJson(raw, body, stream, model, group, strip)
 
     def model_names(self) -> dict[str, str]:
