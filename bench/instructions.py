@@ -10,6 +10,10 @@ The proxy runs under ``valgrind --tool=callgrind`` with counting off; after a wa
 is switched on for N sequential streaming requests (the shape of workload 3, TTFT) and off again.
 Needs Debian's ``valgrind`` (and nginx for ``--nginx``).
 
+``--rps`` counts non-streamed requests instead, driven by wrk at 64 connections as workload 9
+(``rps``) drives them: many requests per read and per loop turn, so the per-request path is
+counted under the batching it meets in production, not one request at a time.
+
 ``--per-event N`` also counts requests of N token events and prints what one more event costs
 (the difference over the difference in events); ``--set KEY=JSON`` overrides a top-level router
 config key, e.g. ``--set 'streamUsage="passthrough"'`` against the default ``force`` for what
@@ -19,6 +23,7 @@ usage accounting costs; ``--keep DIR`` keeps the callgrind files for ``callgrind
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import shutil
@@ -27,9 +32,13 @@ import sys
 from pathlib import Path
 
 from bench.loadgen import run_sequential
-from bench.targets import Fleet, nginx_available, raise_fd_limit
+from bench.targets import BENCH_MODEL, Fleet, Target, nginx_available, raise_fd_limit
+from bench.wrk import WRK, WRK_HINT, run_wrk
 
 VALGRIND_READY_S = 180.0  # Python under valgrind takes tens of seconds to import the router
+RPS_WARM_S = 3.0  # wrk's warm-up run under valgrind (a few hundred requests)
+RPS_COUNT_S = 10.0  # wrk's counted run: a few thousand requests under valgrind
+RPS_TIMEOUT_S = 60.0  # at 64 connections, a request through a proxy under valgrind can take a second
 _TOTAL = re.compile(rb"^totals:\s+(\d+)", re.MULTILINE)
 
 
@@ -50,8 +59,10 @@ def measure(
     overrides: dict[str, object] | None = None,
     keep: Path | None = None,
     interval_ms: float = 0.0,
+    rps: bool = False,
 ) -> float:
-    """Instructions per request for one proxy ("router", "router+features" or "nginx")."""
+    """Instructions per request for one proxy ("router", "router+features" or "nginx");
+    ``rps``: non-streamed requests from wrk (``requests`` and ``warmup`` are then unused)."""
     out = fleet.dir / f"{name}-{tokens}.callgrind"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     if name == "nginx":
@@ -68,10 +79,13 @@ def measure(
             overrides=overrides,
         )
     assert target.pid is not None
-    run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm", interval_ms)
-    _control(target.pid, "-i", "on")
-    run_sequential(target.host, target.port, name, requests, tokens, f"{name}-count", interval_ms)
-    _control(target.pid, "-i", "off")
+    if rps:
+        requests = _count_wrk(target, tokens)
+    else:
+        run_sequential(target.host, target.port, name, warmup, tokens, f"{name}-warm", interval_ms)
+        _control(target.pid, "-i", "on")
+        run_sequential(target.host, target.port, name, requests, tokens, f"{name}-count", interval_ms)
+        _control(target.pid, "-i", "off")
     _control(target.pid, "-d")  # write the counts now: a proxy killed at stop would not
     fleet.stop(name)
     total = 0
@@ -83,6 +97,18 @@ def measure(
     if not total:
         raise RuntimeError(f"no instructions counted in {out}*")
     return total / requests
+
+
+def _count_wrk(target: Target, tokens: int) -> int:
+    """wrk's warm-up, then its counted run with callgrind counting: the requests it completed."""
+    assert target.pid is not None
+    asyncio.run(run_wrk(target, BENCH_MODEL, tokens, RPS_WARM_S, timeout_s=RPS_TIMEOUT_S))
+    _control(target.pid, "-i", "on")
+    result = asyncio.run(run_wrk(target, BENCH_MODEL, tokens, RPS_COUNT_S, timeout_s=RPS_TIMEOUT_S))
+    _control(target.pid, "-i", "off")
+    if result["non_2xx"] or result["socket_errors"] or not result["requests"]:
+        raise RuntimeError(f"requests through {target.name} failed under wrk: {result}")
+    return int(result["requests"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         "--translated",
         action="store_true",
         help="also the router translating to an Anthropic-speaking backend",
+    )
+    ap.add_argument(
+        "--rps",
+        action="store_true",
+        help="non-streamed requests from wrk at 64 connections (workload 9's shape) instead",
     )
     ap.add_argument("--per-event", type=int, metavar="N", help="also N-token requests: the cost of one event")
     ap.add_argument(
@@ -122,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     if not valgrind_available():
         print("valgrind is not installed: apt-get install -y valgrind", file=sys.stderr)
         return 2
+    if args.rps and (WRK is None or args.per_event):
+        print(WRK_HINT if WRK is None else "--rps counts whole requests: no --per-event", file=sys.stderr)
+        return 2
     names = [
         "router",
         *(["router+features"] if args.features else []),
@@ -138,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         fleet.start_mock()
         counts = {
             name: measure(
-                fleet, name, args.requests, args.tokens, args.warmup, overrides, args.keep, args.interval_ms
+                fleet,
+                name,
+                args.requests,
+                args.tokens,
+                args.warmup,
+                overrides,
+                args.keep,
+                args.interval_ms,
+                args.rps,
             )
             for name in names
         }
@@ -164,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         print("config:", json.dumps(overrides))
     if args.interval_ms:
         print(f"{args.interval_ms} ms between token events")
-    print(f"instructions per streaming request ({args.tokens} tokens, {args.requests} counted, user space):")
+    shape = "non-streamed, wrk at 64 connections" if args.rps else f"streaming, {args.requests} counted"
+    print(f"instructions per request ({args.tokens} tokens, {shape}, user space):")
     for name, count in counts.items():
         print(f"  {name:<16} {count:>12,.0f}")
     if long:

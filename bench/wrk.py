@@ -54,15 +54,17 @@ def lua_script(model: str, tokens: int, api_key: str | None) -> str:
 
 
 async def run_wrk(
-    target: Target, model: str, tokens: int, seconds: float, threads: int = 1
+    target: Target, model: str, tokens: int, seconds: float, threads: int = 1, timeout_s: float = 2.0
 ) -> dict[str, Any]:
-    """wrk against ``target`` for ``seconds``: its totals, and the proxy's CPU per request."""
+    """wrk against ``target`` for ``seconds``: its totals, and the proxy's CPU per request.
+    ``timeout_s``: wrk's per-request timeout (its default, 2 s; longer for a proxy under valgrind)."""
     if WRK is None:
         raise RuntimeError(WRK_HINT)
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(lua_script(model, tokens, target.api_key))
-        argv = [WRK, f"-t{threads}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+        argv = [WRK, f"-t{threads}", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s"]
+        argv += [f"--timeout={max(1, round(timeout_s))}s", "-s", str(script)]
         argv.append(f"http://{target.host}:{target.port}/v1/chat/completions")
         tree = ProcTree([target.pid]) if target.pid is not None else None
         cpu_before = tree.sample()[0] if tree is not None else None
