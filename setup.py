@@ -19,14 +19,18 @@ from pathlib import Path
 from setuptools import setup
 
 COMPILED = [
+    "src/api_router/access_log.py",
     "src/api_router/accounting.py",
+    "src/api_router/backends.py",
     "src/api_router/core/balancer.py",
     "src/api_router/core/deadline.py",
     "src/api_router/core/flow_control.py",
     "src/api_router/core/heartbeat.py",
     "src/api_router/core/http.py",
     "src/api_router/core/json_body.py",
+    "src/api_router/core/paths.py",
     "src/api_router/core/request_head.py",
+    "src/api_router/core/reserve.py",
     "src/api_router/core/response_head.py",
     "src/api_router/core/sse.py",
     "src/api_router/core/stream.py",
@@ -42,7 +46,9 @@ COMPILED = [
     "src/api_router/net/forward.py",
     "src/api_router/net/request.py",
     "src/api_router/net/upstream.py",
+    "src/api_router/quota.py",
     "src/api_router/routing.py",
+    "src/api_router/runtime.py",
     "src/api_router/targets.py",
 ]
 

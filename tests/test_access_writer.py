@@ -12,6 +12,7 @@ import pytest
 
 from api_router import access_log, logs
 from api_router.access_log import AccessWriter
+from api_router.core.usage import Usage
 
 FIELDS: dict[str, Any] = {
     "request_id": "abc123",
@@ -72,10 +73,11 @@ def test_another_line_flushes_the_buffer_first_and_logging_config_is_respected(
     monkeypatch.setattr(logs.sys, "stderr", stream)
     logs.configure("info", "text")
     try:
-        assert logs.writer is not None and logs.writer.usable(logs.access)
+        writer = access_log.installed()
+        assert writer is not None and writer.usable(access_log.access)
 
         async def main() -> None:
-            logs.local_access_line(b"r1", "/health", 200, None, 10, "answered")
+            access_log.local_access_line(b"r1", "/health", 200, None, 10, "answered")
             assert stream.getvalue() == ""
             logs.log.warning("something else")
             lines = stream.getvalue().splitlines()
@@ -83,13 +85,64 @@ def test_another_line_flushes_the_buffer_first_and_logging_config_is_respected(
 
         asyncio.run(main())
         extra = logging.StreamHandler(io.StringIO())
-        logs.access.addHandler(extra)  # configured another way: logging writes the line
-        assert not logs.writer.usable(logs.access)
-        logs.local_access_line(b"r2", "/health", 200, None, 10, "answered")
+        access_log.access.addHandler(extra)  # configured another way: logging writes the line
+        assert not writer.usable(access_log.access)
+        access_log.local_access_line(b"r2", "/health", 200, None, 10, "answered")
         assert extra.stream.getvalue() == "request\n"  # type: ignore[attr-defined]
         assert "request_id=r2" in stream.getvalue().splitlines()[-1]  # and on, through logging
-        logs.access.removeHandler(extra)
+        access_log.access.removeHandler(extra)
     finally:
         logs.flush()
         logging.getLogger("api_router").handlers[:] = []
-        logs.writer = None
+        access_log.install(None)
+
+
+class _Exchange:
+    """What access_line reads off a Forwarder (access_log.Logged)."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.request_id = b"req-1"
+        self.route = type("Route", (), {"path": "/v1/chat/completions"})()
+        self.status = 200
+        self.started_at = 100.0
+        self.ttfb: float | None = 0.0123
+        self.state = type("State", (), {"bytes_forwarded": 900, "sse": True})()
+        self.own_bytes = 12
+        self.client_name = "team-ä"
+        self.model: str | None = "gpt-4o"
+        self.backend_name: str | None = "primary"
+        self.usage: Usage | None = Usage(10, 5, 2, 0, False)
+        self.cost_usd: float | None = 0.000123456789
+        self.__dict__.update(overrides)
+
+
+@pytest.mark.parametrize(
+    "exchange",
+    [
+        _Exchange(),
+        _Exchange(ttfb=None, usage=None, cost_usd=None, model=None, backend_name=None, status=0),
+        _Exchange(usage=Usage(10, 7, 0, 0, True)),
+    ],
+)
+def test_the_text_fast_path_writes_what_logging_writes_from_the_fields(
+    monkeypatch: pytest.MonkeyPatch, exchange: _Exchange
+) -> None:
+    """access_line formats a text line from its values at once (no fields dict); the line must
+    be the one the fields dict gives through logging's TextFormatter (rule 1)."""
+    stream = io.StringIO()
+    monkeypatch.setattr(logs.sys, "stderr", stream)
+    monkeypatch.setattr(access_log.time, "perf_counter", lambda: 100.25)
+    logs.configure("info", "text")
+    try:
+        access_log.access_line(exchange, "completed")  # through the writer
+        logs.flush()
+        access_log.access.addHandler(logging.NullHandler())  # now through logging and its fields
+        access_log.access_line(exchange, "completed")
+        access_log.access.handlers.clear()
+        fast, through_logging = (line.split(" INFO ", 1)[1] for line in stream.getvalue().splitlines())
+        assert fast == through_logging
+        assert "latency_ms=250.0 " in fast and "request_id=req-1 " in fast
+    finally:
+        logs.flush()
+        logging.getLogger("api_router").handlers[:] = []
+        access_log.install(None)

@@ -10,14 +10,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED = [
+    "api_router.access_log",
     "api_router.accounting",
+    "api_router.backends",
     "api_router.core.balancer",
     "api_router.core.deadline",
     "api_router.core.flow_control",
     "api_router.core.heartbeat",
     "api_router.core.http",
     "api_router.core.json_body",
+    "api_router.core.paths",
     "api_router.core.request_head",
+    "api_router.core.reserve",
     "api_router.core.response_head",
     "api_router.core.sse",
     "api_router.core.stream",
@@ -33,7 +37,9 @@ COMPILED = [
     "api_router.net.forward",
     "api_router.net.request",
     "api_router.net.upstream",
+    "api_router.quota",
     "api_router.routing",
+    "api_router.runtime",
     "api_router.targets",
 ]
 PURE = bool(os.environ.get("API_ROUTER_PURE_PYTHON"))

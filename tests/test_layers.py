@@ -5,7 +5,7 @@ Layers, bottom up: a module imports only modules of its own layer or of the laye
 (peers within a layer may import each other, but never in a circle):
 
     errors → core/ → mock/ → config_backends → config_security, config_usage, config_telemetry
-    → config → routing, targets → records (logs, metrics, cache) → net/ → features → runtime → app
+    → config → routing, targets → records (access_log, logs, metrics, cache) → net/ → features → runtime → app
     → server, supervisor → cli
 
 net/ reaches what sits above it (the app, backend groups, stream slots, tracing) only through
@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("config", ("api_router.config", "api_router.config_schema")),
     ("routing", ("api_router.targets", "api_router.routing", "api_router.translation")),
-    ("records", ("api_router.logs", "api_router.metrics", "api_router.cache")),
+    ("records", ("api_router.access_log", "api_router.logs", "api_router.metrics", "api_router.cache")),
     ("net", ("api_router.net",)),
     (
         "features",

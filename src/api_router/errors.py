@@ -170,6 +170,14 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+class InsufficientQuota(GatewayError):
+    """A client's spending budget is used up (quota.py): OpenAI's own status, type and code."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 def connection_lost_error(exc: BaseException | None, streaming: bool, target: str) -> GatewayError:
     """What the client is told when the upstream connection was lost (``exc``: why, if known)."""
     if isinstance(exc, GatewayError):

@@ -1,4 +1,6 @@
-"""Logging: one access line per request, as text or JSON. Headers are never logged, so no key is."""
+"""Logging set-up: the ``api_router`` loggers, as text or JSON lines on stderr. The access line
+itself (one per request) is made and written by access_log.py. Headers are never logged, so no
+key is."""
 
 from __future__ import annotations
 
@@ -7,67 +9,19 @@ import json
 import logging
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any
 
+from api_router import access_log
 from api_router.access_log import AccessWriter
 
-if TYPE_CHECKING:
-    from api_router.core.usage import Usage
-
-
-class _Routed(Protocol):
-    @property
-    def path(self) -> str: ...
-
-
-class _Progress(Protocol):
-    @property
-    def bytes_forwarded(self) -> int: ...
-    @property
-    def sse(self) -> bool: ...
-
-
-class Logged(Protocol):
-    """What the access line reads off an exchange (a Forwarder); a Protocol keeps this module
-    below net/, as metrics.Exchange does."""
-
-    @property
-    def request_id(self) -> bytes: ...
-    @property
-    def route(self) -> _Routed: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def started_at(self) -> float: ...
-    @property
-    def ttfb(self) -> float | None: ...
-    @property
-    def state(self) -> _Progress: ...
-    @property
-    def own_bytes(self) -> int: ...
-    @property
-    def client_name(self) -> str: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def backend_name(self) -> str | None: ...
-    @property
-    def usage(self) -> Usage | None: ...
-    @property
-    def cost_usd(self) -> float | None: ...
-
-
-access = logging.getLogger("api_router.access")
 log = logging.getLogger("api_router")
-writer: AccessWriter | None = None  # access_log.py: set by configure
 
 
 class _Handler(logging.StreamHandler[IO[str]]):
     """stderr, where buffered access lines go out before any other line (access_log.py, rule 3)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if writer is not None:
-            writer.flush()
+        access_log.flush()
         super().emit(record)
 
 
@@ -117,88 +71,15 @@ class TextFormatter(logging.Formatter):
 def configure(level: str, fmt: str, supervisor_pid: int | None = None) -> None:
     """``supervisor_pid`` (``--workers``): each line names its process, supervisor or worker, and pid;
     records carry the pid of the process that made them, so forked workers need no new set-up."""
-    global writer
-    if writer is not None:
-        writer.flush()
+    access_log.flush()
     handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter(supervisor_pid) if fmt == "json" else TextFormatter(supervisor_pid))
     root = logging.getLogger("api_router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    writer = AccessWriter(handler, fmt, supervisor_pid)
+    access_log.install(AccessWriter(handler, fmt, supervisor_pid))
 
 
-def flush() -> None:
-    """Write out buffered access lines now (the end of a drain, the process's exit)."""
-    if writer is not None:
-        writer.flush()
-
-
-atexit.register(flush)
-
-
-def _write_access(fields: dict[str, Any]) -> None:
-    if writer is not None and writer.usable(access):
-        writer.write(fields)
-    else:  # logging configured some other way (access_log.py, rule 2)
-        access.info("request", extra={"fields": fields})
-
-
-def access_line(forwarder: Logged, outcome: str) -> None:
-    if not access.isEnabledFor(logging.INFO):
-        return
-    now = time.perf_counter()
-    ttfb = forwarder.ttfb
-    usage = forwarder.usage
-    backend = forwarder.backend_name
-    cost = forwarder.cost_usd
-    fields = {
-        "request_id": forwarder.request_id.decode(),
-        "route": forwarder.route.path,
-        "status": forwarder.status or 499,
-        "latency_ms": round((now - forwarder.started_at) * 1000, 2),
-        "upstream_latency_ms": round(ttfb * 1000, 2) if ttfb is not None else None,
-        # The body the client got: the upstream's bytes and the router's own (heartbeats, the
-        # SSE error event, an error response), as nginx's $body_bytes_sent; no head, no framing.
-        "bytes": forwarder.state.bytes_forwarded + forwarder.own_bytes,
-        "outcome": outcome,
-        "stream": forwarder.state.sse,
-        "client": forwarder.client_name,
-        "model": forwarder.model,
-        "backend": backend,
-        "input_tokens": usage.input if usage is not None else None,
-        "output_tokens": usage.output if usage is not None else None,
-        "cost_usd": round(cost, 8) if cost is not None else None,
-    }
-    if usage is not None and usage.estimated:
-        fields["usage_estimated"] = True
-    _write_access(fields)
-
-
-def local_access_line(
-    request_id: bytes,
-    route: str,
-    status: int,
-    started_at: float | None,
-    body_bytes: int,
-    outcome: str,
-    **extra: Any,
-) -> None:
-    """A response the router wrote itself (a refusal, /health, a cache hit): the same fields;
-    ``extra`` adds some (a WebSocket tunnel's client, backend and bytes sent upstream)."""
-    if not access.isEnabledFor(logging.INFO):
-        return
-    latency = 0.0 if started_at is None else time.perf_counter() - started_at
-    fields = {
-        "request_id": request_id.decode(),
-        "route": route,
-        "status": status,
-        "latency_ms": round(latency * 1000, 2),
-        "upstream_latency_ms": None,
-        "bytes": body_bytes,
-        "outcome": outcome,
-        "stream": False,
-        **extra,
-    }
-    _write_access(fields)
+flush = access_log.flush  # the buffered access lines, written now (the end of a drain)
+atexit.register(flush)  # and at the process's exit

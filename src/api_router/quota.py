@@ -33,8 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from api_router.core.token_bucket import TokenBucket
-from api_router.errors import GatewayError
+from api_router.errors import GatewayError, InsufficientQuota
 from api_router.ledger import PERIODS, MemoryLedger, Period, Spend, period_start
 from api_router.limits import RateLimited
 
@@ -42,12 +44,6 @@ if TYPE_CHECKING:
     from api_router.config import Config
     from api_router.config_security import BudgetConfig
     from api_router.core.usage import Usage
-
-
-class InsufficientQuota(GatewayError):
-    status = 429
-    type = "insufficient_quota"
-    code = "insufficient_quota"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +80,9 @@ class Ticket:
         self.reserved = reserved
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # quota_redis.RedisQuota (interpreted) is one
 class QuotaRules:
     """What is limited, read once from a Config: shared by the in-process and Redis quotas."""
-
-    backend = "memory"
 
     def __init__(self, config: Config) -> None:
         self.route_limits = {path: resolve_token_limit(config, path) for path in config.endpoints}
@@ -239,10 +234,10 @@ class MemoryQuota(QuotaRules):
             client: self.ledger.spend(client, self.period_of(client, period), epoch)
             for client in self.clients
         }
-        return {"ledger": self.backend, "clients": self.report_rows(spends, period, epoch)}
+        return {"ledger": "memory", "clients": self.report_rows(spends, period, epoch)}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"backend": self.backend, "token_buckets": len(self._buckets)}
+        return {"backend": "memory", "token_buckets": len(self._buckets)}
 
     async def close(self) -> None:
         self._buckets.clear()

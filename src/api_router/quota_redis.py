@@ -55,8 +55,6 @@ _KEEP = {"day": DAY_KEEP_SECS, "month": MONTH_KEEP_SECS}
 
 
 class RedisQuota(QuotaRules):
-    backend = "redis"
-
     def __init__(self, config: Config, limiter: RedisLimiter, prefix: str = "api-router:") -> None:
         super().__init__(config)
         self.limiter = limiter
@@ -161,10 +159,10 @@ class RedisQuota(QuotaRules):
         spends = {
             client: Spend.from_fields(fields) for client, fields in zip(self.clients, answer, strict=True)
         }
-        return {"ledger": self.backend, "clients": self.report_rows(spends, period, epoch)}
+        return {"ledger": "redis", "clients": self.report_rows(spends, period, epoch)}
 
     def snapshot(self) -> dict[str, Any]:
-        return {"backend": self.backend, "ledger_failures": self.ledger_failures}
+        return {"backend": "redis", "ledger_failures": self.ledger_failures}
 
     async def close(self) -> None:
         """The connections are the limiter's: it closes them."""

@@ -9,13 +9,19 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
 from api_router.config import Config, EndpointConfig
 from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
-from api_router.core.json_body import DuplicateKey, ask_for_usage, check_top_level, replace_values
+from api_router.core.json_body import (
+    DuplicateKey,
+    PreparedJson,
+    ask_for_usage,
+    check_top_level,
+    replace_values,
+)
 from api_router.core.paths import PathTable, is_pattern
 from api_router.errors import ApiFlavor, BadRequest, MethodNotAllowed, NotFound
 from api_router.targets import Target, lower_headers
@@ -99,15 +105,6 @@ class Route:
     forward_client_credentials: bool = False  # the endpoint's setting, else the global one
     force_usage: bool = False  # streamUsage "force" on a route with OpenAI's stream_options
     own_path: bool = False  # a pattern route: the request's path goes upstream, under the base path
-
-
-class PreparedJson(NamedTuple):
-    raw: bytes  # the body to send
-    body: dict[str, Any]  # parsed, after mapping
-    stream: bool
-    model: str | None  # as the client named it
-    group: str | None  # the model's backend group, if the mapping names one
-    strip_usage: bool = False  # the router asked for the usage chunk: the client must not see it
 
 
 _CREDENTIALS = frozenset({b"authorization", b"x-api-key"})

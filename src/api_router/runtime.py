@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from api_router import logs
-from api_router.accounting import ACCOUNTED, Accounting
+from api_router import access_log
+from api_router.accounting import Accounting, accounted
 from api_router.admin import usage_answer
 from api_router.backends import BackendSet
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
@@ -173,7 +173,7 @@ class Runtime:
             return "client:" + client.name
         if self.limits.get(route.path) is not None or (streaming and self.max_streams is not None):
             return client_key(headers, peer)
-        if route.kind in ACCOUNTED and self.quota.applies(client.name if client else "anonymous", route.path):
+        if accounted(route.kind) and self.quota.applies(client.name if client else "anonymous", route.path):
             return client_key(headers, peer)
         return None
 
@@ -190,7 +190,7 @@ class Runtime:
             if not decision.allowed:
                 return decision_error(decision)
         quota, route = self.quota, forwarder.route
-        if isinstance(quota, MemoryQuota) and route.kind in ACCOUNTED:
+        if isinstance(quota, MemoryQuota) and accounted(route.kind):
             admitted = quota.admit_now(forwarder.client_name, key, route.path, forwarder.reserve_tokens, now)
             if isinstance(admitted, GatewayError):
                 return admitted
@@ -224,7 +224,7 @@ class Runtime:
                 return decision_error(refusal)
             forwarder.slot_key = key  # released by the forwarder, whatever happens next
         quota, route = self.quota, forwarder.route
-        if isinstance(quota, RedisQuota) and route.kind in ACCOUNTED:
+        if isinstance(quota, RedisQuota) and accounted(route.kind):
             admitted = await quota.admit(forwarder.client_name, key, route.path, forwarder.reserve_tokens)
             if isinstance(admitted, GatewayError):
                 return admitted
@@ -259,14 +259,14 @@ class Runtime:
         ticket = forwarder.quota_ticket
         # what reached no backend (refused, or none was up) cost nothing and is not in the ledger
         reached = forwarder.backend_name is not None
-        if forwarder.route.kind in ACCOUNTED and (reached or ticket is not None):
+        if accounted(forwarder.route.kind) and (reached or ticket is not None):
             assert ticket is None or isinstance(ticket, Ticket)
             self.quota.settle(
                 ticket, forwarder.client_name, forwarder.usage, forwarder.cost_usd, self.loop.time(), reached
             )
 
     def access_log(self, forwarder: Exchange, outcome: str) -> None:
-        logs.access_line(forwarder, outcome)
+        access_log.access_line(forwarder, outcome)
 
     # -- answers the router gives itself ------------------------------------------------
     async def admin_usage(self, headers: HeaderList, query: bytes) -> tuple[int, bytes]:

@@ -121,6 +121,22 @@ def test_whole_answers(answer: dict[str, Any], expected: Usage) -> None:
     assert read_json(json.dumps(answer, indent=2).encode()) == expected  # spacing does not matter
 
 
+@pytest.mark.parametrize(
+    "answer", [OPENAI_CHAT, ANTHROPIC, RESPONSES], ids=["chat", "anthropic", "responses"]
+)
+def test_a_json_answer_split_anywhere_reads_as_whole(answer: dict[str, Any]) -> None:
+    """The reader of a non-streamed answer (``sse=False``, no event counting) over two reads cut
+    at every offset: the same usage as the whole body, and as the stream reader finds."""
+    body = json.dumps(answer, indent=1).encode()
+    whole = read_json(body)
+    for cut in range(len(body) + 1):
+        for sse in (False, True):
+            reader = UsageReader(sse)
+            reader.feed(body[:cut])
+            reader.feed(body[cut:])
+            assert reader.usage(True) == whole, (cut, sse)
+
+
 def test_an_answer_without_usage_reports_none() -> None:
     assert read_json(b'{"id":"x","choices":[]}') is None
     assert read_json(b'{"usage":null,"choices":[]}') is None

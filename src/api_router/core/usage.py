@@ -125,12 +125,17 @@ class UsageReader:
         "input",
         "output",
         "reasoning",
+        "sse",
         "total_bytes",
         "unfinished",
         "usage_event",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, sse: bool = True) -> None:
+        # False: the answer is one JSON object (a request without "stream"), so no ``data:``
+        # line is counted (Rule 4 estimates a stream) and no usage chunk is located for the
+        # filter: measured, ~4k instructions a non-streamed request (bench.instructions --rps)
+        self.sse = sse
         self.input: int | None = None
         self.output: int | None = None
         self.cached_input: int | None = None
@@ -157,7 +162,7 @@ class UsageReader:
         if self._sample:  # the last read's count, put off: counted now (nothing held longer)
             self.events += self._sample.count(b"data:")
             self._sample = b""
-        sampling = self._sampled < SAMPLE_BYTES
+        sampling = self.sse and self._sampled < SAMPLE_BYTES
         if sampling:
             self._sampled += end
         self.total_bytes += end
@@ -203,7 +208,7 @@ class UsageReader:
         first = self._scan(data, at)
         self.empty_choices = ()
         self.usage_event = b""
-        if first < 0:
+        if first < 0 or not self.sse:
             return True
         # The empty choice list is looked for from the event of the first usage object on (usage
         # may come in every chunk: vLLM's continuous_usage_stats, the usage-only chunk last).
@@ -383,6 +388,6 @@ def _skip(data: bytes | bytearray, at: int) -> int:
 
 def read_json(body: bytes) -> Usage | None:
     """The usage of a whole JSON answer; None if it reports none."""
-    reader = UsageReader()
+    reader = UsageReader(sse=False)
     reader.feed_whole(body)
     return reader.usage(True) if reader.found else None

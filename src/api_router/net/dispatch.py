@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
-from api_router import logs
+from api_router import access_log
 from api_router.cache import CachedResponse
 from api_router.core.cache_key import cache_key as make_cache_key
 from api_router.core.http import Framing, header_value, response_head
@@ -216,7 +216,7 @@ def _answer_cached(
         response_head(cached.status, headers, Framing.LENGTH, len(cached.body)) + cached.body
     )
     conn.app.metrics.local_response(route.path, cached.status)
-    logs.local_access_line(
+    access_log.local_access_line(
         req.request_id, route.path, cached.status, req.started_at, len(cached.body), "cache_hit"
     )
     if not req.keep_alive:
@@ -321,7 +321,7 @@ def answered(app: Gateway, req: Request, status: int, body_bytes: int, outcome: 
     (``body_bytes`` -1: the connection was gone, nothing was written, so no line)."""
     app.metrics.local_response(req.path, status)
     if body_bytes >= 0:
-        logs.local_access_line(req.request_id, req.path, status, req.started_at, body_bytes, outcome)
+        access_log.local_access_line(req.request_id, req.path, status, req.started_at, body_bytes, outcome)
 
 
 def error_response(error: GatewayError, body: bytes, request_id: bytes, keep_alive: bool) -> bytes:
@@ -342,4 +342,4 @@ def refuse_connection(conn: Answering) -> None:
     )
     request_id = pick_request_id(None)
     sent = conn.send_error(busy, ApiFlavor.OPENAI, request_id, keep_alive=False)
-    logs.local_access_line(request_id, "-", busy.status, None, sent, "rejected")
+    access_log.local_access_line(request_id, "-", busy.status, None, sent, "rejected")

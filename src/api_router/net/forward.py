@@ -124,7 +124,9 @@ class Forwarder(Attempts):
         self._strip_usage = strip_usage  # the router asked for the usage chunk (streamUsage force)
         # core/usage.py reads usage on model routes; dropped at the head unless the answer is 2xx
         self.usage_reader: UsageReader | None = (
-            UsageReader() if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART else None
+            UsageReader(streaming)
+            if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART
+            else None
         )
         # What this read's body pieces need (core/usage_filter.read_mode)
         self._scan_pieces = NOTHING

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from api_router import logs
+from api_router import access_log
 from api_router.core.http import Framing, HeaderList, end_to_end, header_value, response_head
 from api_router.core.request_head import offers_only_h2c, offers_websocket
 from api_router.errors import ApiFlavor, GatewayError, UpgradeRequired, UpstreamTimeout, UpstreamUnreachable
@@ -374,14 +374,12 @@ class Tunnel:
                 if transport.get_write_buffer_size():  # not flushed yet: it gets a while (rule 3)
                     loop.call_later(LINGER_SECS, transport.abort)
         self.conn.app.metrics.local_response(self.route.path, status)
-        logs.local_access_line(
+        access_log.local_access_line(
             self.req.request_id,
             self.route.path,
             status,
             self.req.started_at,
             body_bytes,
             outcome,
-            client=self.client_name,
-            backend=self.backend_name,
-            bytes_upstream=self.to_upstream,
+            {"client": self.client_name, "backend": self.backend_name, "bytes_upstream": self.to_upstream},
         )
