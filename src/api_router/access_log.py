@@ -6,7 +6,7 @@ LogRecord, the handler's lock and one ``write`` + ``flush`` system call per line
 formatted straight from its fields (the timestamp text is made once per second) and lines are
 buffered, written together at most ``FLUSH_SECS`` later or once ``MAX_LINES`` are waiting. That
 was still 57k instructions per request interpreted (``bench.instructions --rps --set
-'logLevel="info"'``), most of them the generator joining the text fields; compiled, XXk.
+'logLevel="info"'``), most of them the generator joining the text fields; compiled, ~26k.
 
 Rule 1. The lines are byte for byte those of ``logs.TextFormatter`` / ``logs.JsonFormatter``
         (same fields, order and formats); tests/test_access_writer.py checks it against them.

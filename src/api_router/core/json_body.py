@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+import orjson
+
 JUDGED_KEYS = ("model", "stream", "stream_options")
 _QUOTED = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
 _WHITESPACE = b" \t\r\n"
@@ -76,7 +78,7 @@ def replace_values(raw: bytes, changes: dict[str, Any]) -> bytes:
     replaced; every other byte as the client sent it."""
     if _is_plain(raw):
         for key, value in changes.items():
-            raw = _splice(raw, _QUOTED[key], json.dumps(value, ensure_ascii=False).encode())
+            raw = _splice(raw, _QUOTED[key], orjson.dumps(value))  # as json.dumps(ensure_ascii=False)
         return raw
     body = _parse_exact(raw)  # rare: a judged key also named deeper in the body, or \u escapes
     body.update(changes)
