@@ -105,8 +105,10 @@ class Bench:
             return ["router+features", *(["router+traces"] if self.traces else [])]
         if workload == "workers":
             return ["router-2w"]
-        if workload == "rps":  # the access line's cost is part of what it measures
-            names = ["direct", "router", "router+features", *self.proxies[1:]]
+        if workload == "rps":  # the access line's cost and two workers' are part of what it measures
+            nginx = ["nginx-nolog"] if "nginx" in self.proxies else []
+            names = ["direct", "router", "router+access", "router+features", "router-2w", *nginx]
+            names += self.proxies[1:]
             k = rep % len(names)
             return names[k:] + names[:k]
         names = list(self.proxies) if workload in FRESH else ["direct", *self.proxies]

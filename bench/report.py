@@ -17,7 +17,17 @@ from typing import Any
 
 from bench.targets import LITELLM_VENV, NGINX_BIN, nginx_available
 
-TARGET_ORDER = ("direct", "router", "router+features", "router+traces", "router-2w", "nginx", "litellm")
+TARGET_ORDER = (
+    "direct",
+    "router",
+    "router+access",
+    "router+features",
+    "router+traces",
+    "router-2w",
+    "nginx",
+    "nginx-nolog",
+    "litellm",
+)
 RATIO, MINUS_DIRECT = "ratio", "minus_direct"
 # workload -> columns (figure key, header, kind): kind "" = the median, "ratio" = the median
 # and its ratio to nginx's, "minus_direct" = the median minus the direct run's median
@@ -82,7 +92,8 @@ TITLES = {
     "features": "7. per-event cost, router with every feature on (ratio to nginx's run of 1.)",
     "workers": "8. per-event cost, router with --workers 2 (ratio to nginx's run of 1.; {cpus} CPUs)",
     "rps": "9. requests/s: non-streamed chat completions ({rps_tokens} tokens), wrk at 64 connections"
-    " for {rps_seconds:g} s (router+features: access line at info)",
+    " for {rps_seconds:g} s (router: no access line; router+access: access line at info, text;"
+    " router+features: that and model mapping; nginx: access_log on, nginx-nolog: off)",
 }
 BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from
 
@@ -252,6 +263,65 @@ def checks(res: Results) -> list[Check]:
     add("upstream paused, slow reader", m("slow", "router", "upstream_pauses"), "> 0", lambda v: v > 0)
     close99 = m("disconnect", "router", "close_p99_ms")
     add("abort → upstream closed p99", close99, "≤ 20 ms", lambda v: v <= 20, " ms")
+    out.extend(per_request_checks(res))
+    return out
+
+
+def per_request_checks(res: Results) -> list[Check]:
+    """Issue 15's targets: the per-request path against nginx, the access line, two workers."""
+    m = res.median
+    out: list[Check] = []
+
+    def add(
+        name: str, value: float | None, target: str, test: Callable[[float], bool], unit: str = ""
+    ) -> None:
+        out.append(Check(name, fmt(value, unit), target, None if value is None else test(value)))
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    add(
+        "CPU/request (rps), router (no access line) ÷ nginx (access_log off)",
+        _ratio(m("rps", "router", "cpu_us_per_request"), m("rps", "nginx-nolog", "cpu_us_per_request")),
+        "≤ 1.5x",
+        lambda v: v <= 1.5,
+        "x",
+    )
+    add(
+        "CPU/request (ttft), router ÷ nginx",
+        _ratio(m("ttft", "router", "cpu_ms_per_request"), m("ttft", "nginx", "cpu_ms_per_request")),
+        "≤ 1.5x",
+        lambda v: v <= 1.5,
+        "x",
+    )
+    add(
+        "access line CPU/request (rps: router+access - router)",
+        minus(m("rps", "router+access", "cpu_us_per_request"), m("rps", "router", "cpu_us_per_request")),
+        "≤ 10 µs",
+        lambda v: v <= 10,
+        " µs",
+    )
+    add(
+        "abort → upstream closed p50, router - nginx",
+        minus(m("disconnect", "router", "close_p50_ms"), m("disconnect", "nginx", "close_p50_ms")),
+        "≤ 0.5 ms",
+        lambda v: v <= 0.5,
+        " ms",
+    )
+    add(
+        "CPU/event, 2 workers ÷ 1 worker",
+        _ratio(m("workers", "router-2w", "cpu_us_per_event"), m("chunk", "router", "cpu_us_per_event")),
+        "≤ 1.05x",
+        lambda v: v <= 1.05,
+        "x",
+    )
+    add(
+        "CPU/request (rps), 2 workers ÷ 1 worker",
+        _ratio(m("rps", "router-2w", "cpu_us_per_request"), m("rps", "router", "cpu_us_per_request")),
+        "≤ 1.05x",
+        lambda v: v <= 1.05,
+        "x",
+    )
     return out
 
 

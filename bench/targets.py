@@ -179,15 +179,18 @@ def router_config(
     return config
 
 
-def nginx_conf(workdir: Path, port: int, upstream_port: int, nofile: int) -> str:
+def nginx_conf(
+    workdir: Path, port: int, upstream_port: int, nofile: int, access_log: bool = True, name: str = "nginx"
+) -> str:
+    log = f"{workdir}/{name}-access.log" if access_log else "off"
     return f"""
 worker_processes 1;
 worker_rlimit_nofile {nofile};
-pid {workdir}/nginx.pid;
+pid {workdir}/{name}.pid;
 error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections {nofile + 8192}; }}  # more slots than fds: it needs some spare
 http {{
-    access_log {workdir}/nginx-access.log;
+    access_log {log};
     client_body_temp_path {workdir}/nginx-body;
     proxy_temp_path {workdir}/nginx-proxy;
     upstream mock {{
@@ -299,12 +302,16 @@ class Fleet:
         return Target(name, "127.0.0.1", svc.port, svc.pid)
 
     def start_nginx(
-        self, name: str = "nginx", wrapper: tuple[str, ...] = (), ready_timeout: float = READY_TIMEOUT_S
+        self,
+        name: str = "nginx",
+        wrapper: tuple[str, ...] = (),
+        ready_timeout: float = READY_TIMEOUT_S,
+        access_log: bool = True,
     ) -> Target:
         """With a ``wrapper``, nginx runs its one worker in the master process (no fork)."""
         port = free_port()
         conf = self.dir / f"{name}.conf"
-        text = nginx_conf(self.dir, port, self.upstream_port, self.nofile)
+        text = nginx_conf(self.dir, port, self.upstream_port, self.nofile, access_log, name)
         conf.write_text(text.replace("worker_processes 1;", "master_process off;") if wrapper else text)
         argv = [NGINX_BIN, "-p", str(self.dir), "-e", str(self.dir / "nginx-error.log"), "-c", str(conf)]
         svc = self._add(Service(name, [*wrapper, *argv, "-g", "daemon off;"], self.dir))
@@ -333,6 +340,8 @@ class Fleet:
         self.stop(name)
         if name == "router":
             return self.start_router()
+        if name == "router+access":  # the access line at info, and nothing else
+            return self.start_router(name, overrides={"logLevel": "info", "logFormat": "text"})
         if name == "router+features":
             return self.start_router(name, features=True)
         if name == "router+traces":
@@ -341,6 +350,8 @@ class Fleet:
             return self.start_router(name, workers=2)
         if name == "nginx":
             return self.start_nginx()
+        if name == "nginx-nolog":
+            return self.start_nginx(name, access_log=False)
         if name == "litellm":
             return self.start_litellm()
         raise ValueError(f"unknown target {name!r}")
