@@ -419,6 +419,31 @@ def test_disconnect_while_a_forwarded_request_is_pending(connect, app, loop):
     assert 'requests_total{route="/v1/chat/completions",status="499"} 1.0' in lines
 
 
+def test_a_half_close_ends_the_exchange_at_once_and_is_counted_once(connect, app, loop):
+    """The client's FIN (eof_received) ends its exchange there and then: connection_lost, which
+    the loop runs after the poll's other callbacks, comes later and finds nothing left to end."""
+    client = connect()
+    seen: list[object] = []
+
+    def request_then_half_close() -> None:
+        client.protocol.data_received(post("/v1/chat/completions", CHAT_BODY))
+        seen.append(client.protocol.exchange)
+        seen.append(client.protocol.eof_received())
+        seen.append(client.protocol.exchange)
+
+    client.step(request_then_half_close)
+    assert seen[0] is not None  # a Forwarder was started
+    assert seen[1] is False  # the transport is to close
+    assert seen[2] is None  # the exchange ended in eof_received itself
+    assert client.transport.is_closing()
+    client.lose()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert client.transport.written == []
+    lines = scrape(connect)
+    assert "stream_client_disconnects_total 1.0" in lines
+    assert 'requests_total{route="/v1/chat/completions",status="499"} 1.0' in lines
+
+
 def test_disconnect_mid_body_of_a_streamed_upload(connect, app, loop):
     client = connect()
     started: list[object] = []

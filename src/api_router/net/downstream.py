@@ -2,7 +2,7 @@
 
 One exchange runs at a time per connection; pipelined requests wait in a queue. JSON bodies are
 read whole (capped) so the model can be mapped; multipart and pass-through bodies stream as they
-arrive. A half-closed client is gone: asyncio's default ``eof_received`` closes, ending any stream.
+arrive. A half-closed client is gone, as nginx takes it: ``eof_received`` ends its exchange at once.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from api_router.net.ports import Gateway
 
 _MAX_QUEUED = 16
-
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -70,8 +69,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer: str | None = None
         self.http11 = True
-        # The exchange's request asked to close (RFC 9112 §9.6): its response says so, then closes.
-        self.close_after = False
+        self.close_after = False  # the request asked to close (RFC 9112 §9.6): so does the response
         self.exchange: Forwarder | None = None
         self._req: Request | None = None
         self._queue: deque[Request] | None = None  # pipelined requests; made on first use (~0.4 KB)
@@ -80,8 +78,7 @@ class DownstreamProtocol(asyncio.Protocol):
         # answered until it drains (a pipelining client that never read grew us ~68 MB / 100k).
         self._write_blocked = False
         self.closed = False
-        # The request stream broke (junk after requests): the error to send once those are answered
-        self._unreadable: tuple[GatewayError, ApiFlavor] | None = None
+        self._unreadable: tuple[GatewayError, ApiFlavor] | None = None  # junk after requests: sent after them
         self.fetching = False  # a local answer is being fetched (net/dispatch.py)
         limits = app.runtime.config.limits
         self._max_header_bytes = limits.max_header_bytes
@@ -114,11 +111,10 @@ class DownstreamProtocol(asyncio.Protocol):
         try:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError:
-            req = self._req
             if self.closed:
                 return  # a callback already answered and closed
-            if req is not None and isinstance(req.error, HeadersTooLarge):
-                self.reject_and_close(req.error)
+            if self._req is not None and isinstance(self._req.error, HeadersTooLarge):
+                self.reject_and_close(self._req.error)
             else:
                 logs.log.exception("request handling failed")
                 self.reject_and_close(GatewayError("internal error while reading the request"))
@@ -141,12 +137,18 @@ class DownstreamProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.app.connection_closed(self)
+        self.eof_received()
+
+    def eof_received(self) -> bool:
+        """The client's FIN: its exchange ends now (left to connection_lost, it waited for the poll's
+        other callbacks: bench disconnect). False: the transport closes, connection_lost follows."""
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.downstream_lost()
         req = self._req
         if req is not None and req.forwarder is not None and req.forwarder is not exchange:
             req.forwarder.downstream_lost()
+        return False
 
     def pause_writing(self) -> None:
         self._write_blocked = True
@@ -176,11 +178,9 @@ class DownstreamProtocol(asyncio.Protocol):
         cast(Request, self._req).take_header(name, value, self._max_header_bytes, self._max_headers)
 
     def on_headers_complete(self) -> None:
-        req = self._req
-        assert req is not None
+        req = cast(Request, self._req)
         req.head_done = True
-        parser = self.parser
-        assert parser is not None  # a callback of this very parser
+        parser = cast(httptools.HttpRequestParser, self.parser)  # a callback of this very parser
         req.method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
         self.http11 = version == "1.1"
