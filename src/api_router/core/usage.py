@@ -34,6 +34,8 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
+from api_router.core.http import chunk_head
+
 # Final: mypyc inlines these; a plain module constant is a dict lookup at each use in compiled code
 MARKER: Final = b'"usage"'
 MAX_USAGE_BYTES: Final = 4096  # a usage object is ~100-400 bytes; anything longer is not one
@@ -372,7 +374,7 @@ def _whole_chunk(data: bytes | bytearray, at: int) -> tuple[int, int]:
     start = data.rfind(b"\r\n", 0, at) + 2
     if end < 2 or start < 2:
         return 0, 0
-    framed = b"\n\r\n%x\r\n" % (end - start)
+    framed = b"\n\r\n" + chunk_head(end - start)  # the size lines are cached (a % format: ~2k)
     if start < len(framed) or not data.startswith(framed, start - len(framed)):
         return 0, 0
     if not data.startswith(b"\r\n", end):
