@@ -263,19 +263,12 @@ def checks(res: Results) -> list[Check]:
     add("upstream paused, slow reader", m("slow", "router", "upstream_pauses"), "> 0", lambda v: v > 0)
     close99 = m("disconnect", "router", "close_p99_ms")
     add("abort → upstream closed p99", close99, "≤ 20 ms", lambda v: v <= 20, " ms")
-    out.extend(per_request_checks(res))
+    per_request_checks(res.median, add)
     return out
 
 
-def per_request_checks(res: Results) -> list[Check]:
+def per_request_checks(m: Callable[[str, str, str], float | None], add: Callable[..., None]) -> None:
     """Issue 15's targets: the per-request path against nginx, the access line, two workers."""
-    m = res.median
-    out: list[Check] = []
-
-    def add(
-        name: str, value: float | None, target: str, test: Callable[[float], bool], unit: str = ""
-    ) -> None:
-        out.append(Check(name, fmt(value, unit), target, None if value is None else test(value)))
 
     def minus(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
@@ -322,7 +315,6 @@ def per_request_checks(res: Results) -> list[Check]:
         lambda v: v <= 1.05,
         "x",
     )
-    return out
 
 
 def checks_table(items: list[Check]) -> str:
