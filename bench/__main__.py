@@ -107,7 +107,15 @@ class Bench:
             return ["router-2w"]
         if workload == "rps":  # the access line's cost and two workers' are part of what it measures
             nginx = ["nginx-nolog"] if "nginx" in self.proxies else []
-            names = ["direct", "router", "router+access", "router+features", "router-2w", *nginx]
+            names = [
+                "direct",
+                "router",
+                "router+access",
+                "router+keys",
+                "router+features",
+                "router-2w",
+                *nginx,
+            ]
             names += self.proxies[1:]
             k = rep % len(names)
             return names[k:] + names[:k]

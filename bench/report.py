@@ -21,6 +21,7 @@ TARGET_ORDER = (
     "direct",
     "router",
     "router+access",
+    "router+keys",
     "router+features",
     "router+traces",
     "router-2w",
@@ -93,7 +94,8 @@ TITLES = {
     "workers": "8. per-event cost, router with --workers 2 (ratio to nginx's run of 1.; {cpus} CPUs)",
     "rps": "9. requests/s: non-streamed chat completions ({rps_tokens} tokens), wrk at 64 connections"
     " for {rps_seconds:g} s (router: no access line; router+access: access line at info, text;"
-    " router+features: that and model mapping; nginx: access_log on, nginx-nolog: off)",
+    " router+keys: gateway keys on (clients), no access line; router+features: access line and model mapping;"
+    " nginx: access_log on, nginx-nolog: off)",
 }
 BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import re
@@ -340,6 +341,9 @@ class Fleet:
         self.stop(name)
         if name == "router":
             return self.start_router()
+        if name == "router+keys":  # gateway keys on: each request authenticated, accounted to its client
+            key_hash = hashlib.sha256(Target.api_key.encode()).hexdigest()  # the key every target is sent
+            return self.start_router(name, overrides={"clients": [{"name": "bench", "keySha256": key_hash}]})
         if name == "router+access":  # the access line at info, and nothing else
             return self.start_router(name, overrides={"logLevel": "info", "logFormat": "text"})
         if name == "router+features":
