@@ -165,10 +165,15 @@ class Runtime:
         return self.access.authenticate(headers) if self.access.enabled else None
 
     def admission_key(
-        self, route: Route, streaming: bool, headers: HeaderList, peer: str | None
+        self,
+        route: Route,
+        streaming: bool,
+        client: ClientPolicy | None,
+        headers: HeaderList,
+        peer: str | None,
     ) -> str | None:
-        """The rate-limit identity of a request, or None when no limit applies to it."""
-        client = self.client_of(headers)
+        """The rate-limit identity of a request, or None when no limit applies to it; ``client``:
+        the one its key named (``client_of``, at authorization: each request's key is hashed once)."""
         if client is not None and client.name in self.client_limits:
             return "client:" + client.name
         if self.limits.get(route.path) is not None or (streaming and self.max_streams is not None):

@@ -96,10 +96,10 @@ def answer(conn: Answering, req: Request) -> None:
 def authorize(req: Request, route: Route, model: str | None) -> None:
     """Gateway access control (when ``clients`` are configured): 401 or 403, else nothing."""
     runtime = req.runtime
-    client = runtime.client_of(req.headers)
+    client = runtime.client_of(req.headers)  # the key is checked once: admission reads req.client
     if client is not None:
         runtime.access.authorize(client, route.path, model)
-        req.client_name = client.name
+        req.client, req.client_name = client, client.name
 
 
 def start_streamed(conn: Answering, req: Request, route: Route, length: int | None) -> None:
@@ -269,7 +269,7 @@ def _begin(
         group=group,
         cache_key=cache_key,
         x_cache=x_cache,
-        client_key=runtime.admission_key(route, streaming, headers, peer),
+        client_key=runtime.admission_key(route, streaming, req.client, headers, peer),
         client_name=req.client_name,
         model=model,
         strip_usage=strip_usage,

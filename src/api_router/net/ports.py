@@ -182,7 +182,12 @@ class Runtime(Protocol):
     # -- admission and the end of an exchange
     def client_of(self, headers: HeaderList) -> ClientPolicy | None: ...
     def admission_key(
-        self, route: Route, streaming: bool, headers: HeaderList, peer: str | None
+        self,
+        route: Route,
+        streaming: bool,
+        client: ClientPolicy | None,
+        headers: HeaderList,
+        peer: str | None,
     ) -> str | None: ...
     def admits_now(self) -> bool: ...
     def admit_now(self, forwarder: Admitted, key: str) -> GatewayError | None: ...

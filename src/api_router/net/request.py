@@ -14,6 +14,7 @@ from api_router.errors import BadRequest, GatewayError, HeadersTooLarge
 from api_router.routing import Route, RouteKind
 
 if TYPE_CHECKING:
+    from api_router.core.access import ClientPolicy
     from api_router.net.ports import Runtime
 
 _REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
@@ -39,6 +40,7 @@ class Request:
     __slots__ = (
         "body",
         "body_bytes",
+        "client",
         "client_name",
         "error",
         "forwarder",
@@ -69,7 +71,8 @@ class Request:
         self.query = b""
         self.route: Route | RouteKind | None = None
         self.error: GatewayError | None = None
-        self.client_name = "anonymous"  # the gateway client (core/access.py) once authorized
+        self.client: ClientPolicy | None = None  # the gateway client (core/access.py) once authorized
+        self.client_name = "anonymous"  # its name
         self.body = bytearray()
         self.body_bytes = 0
         self.forwarder: BodySink | None = None  # the exchange its body streams to, once started

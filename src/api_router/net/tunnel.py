@@ -166,7 +166,7 @@ class Tunnel:
         req, route, app, peer = self.req, self.route, self.conn.app, self.conn.peer
         runtime = req.runtime
         try:
-            key = runtime.admission_key(route, False, req.headers, peer)
+            key = runtime.admission_key(route, False, req.client, req.headers, peer)
             if key is not None:
                 now = runtime.admits_now()
                 refused = runtime.admit_now(self, key) if now else await runtime.admit(self, key)
