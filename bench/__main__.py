@@ -112,6 +112,7 @@ class Bench:
                 "router",
                 "router+access",
                 "router+keys",
+                "router+translated",
                 "router+features",
                 "router-2w",
                 *nginx,

@@ -22,6 +22,7 @@ TARGET_ORDER = (
     "router",
     "router+access",
     "router+keys",
+    "router+translated",
     "router+features",
     "router+traces",
     "router-2w",
@@ -94,7 +95,8 @@ TITLES = {
     "workers": "8. per-event cost, router with --workers 2 (ratio to nginx's run of 1.; {cpus} CPUs)",
     "rps": "9. requests/s: non-streamed chat completions ({rps_tokens} tokens), wrk at 64 connections"
     " for {rps_seconds:g} s (router: no access line; router+access: access line at info, text;"
-    " router+keys: gateway keys on (clients), no access line; router+features: access line and model mapping;"
+    " router+keys: gateway keys on (clients), no access line; router+translated: to an Anthropic backend;"
+    " router+features: access line and model mapping;"
     " nginx: access_log on, nginx-nolog: off)",
 }
 BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from

@@ -344,6 +344,8 @@ class Fleet:
         if name == "router+keys":  # gateway keys on: each request authenticated, accounted to its client
             key_hash = hashlib.sha256(Target.api_key.encode()).hexdigest()  # the key every target is sent
             return self.start_router(name, overrides={"clients": [{"name": "bench", "keySha256": key_hash}]})
+        if name == "router+translated":  # every chat request translated to an Anthropic backend
+            return self.start_router(name, translated=True)
         if name == "router+access":  # the access line at info, and nothing else
             return self.start_router(name, overrides={"logLevel": "info", "logFormat": "text"})
         if name == "router+features":
