@@ -70,8 +70,8 @@ class TextFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str, supervisor_pid: int | None = None) -> None:
     """``supervisor_pid`` (``--workers``): each line names its process, supervisor or worker, and pid;
-    records carry the pid of the process that made them, so forked workers need no new set-up."""
-    access_log.flush()
+    records carry the pid of the process that made them, so forked workers need no new set-up.
+    The previous writer's buffered lines go out when the new one is installed."""
     handler = _Handler(sys.stderr)
     handler.setFormatter(JsonFormatter(supervisor_pid) if fmt == "json" else TextFormatter(supervisor_pid))
     root = logging.getLogger("api_router")
