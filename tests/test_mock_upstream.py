@@ -21,6 +21,7 @@ import pytest
 
 from api_router.mock import server as mock_upstream
 from api_router.mock.multipart import MultipartCounter
+from tests.tls_files import tls_files
 from tests.upstream_process import UpstreamProcess
 
 TIMEOUT = 10.0
@@ -383,12 +384,7 @@ def test_reset_clears_stats_and_requests(upstream: UpstreamProcess, client: http
 
 
 def test_tls_subprocess(tmp_path: Any) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    cert_file, key_file, _, ca = tls_files(tmp_path)
     context = ssl.create_default_context()
     ca.configure_trust(context)
     with UpstreamProcess(certfile=str(cert_file), keyfile=str(key_file)) as tls:

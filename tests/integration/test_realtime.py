@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -27,6 +26,7 @@ from tests.integration.conftest import chat
 from tests.integration.test_streaming import wait_for
 from tests.rawhttp import RawResponse
 from tests.router_process import RouterProcess
+from tests.tls_files import tls_files
 from tests.upstream_process import UpstreamProcess
 
 ROUTER_KEY = "sk-router-realtime-4e1b"  # the router's provider key (apiKeyEnv)
@@ -331,12 +331,7 @@ def test_access_control_applies_and_the_gateway_key_never_goes_upstream(
 def test_tls_on_both_sides(tmp_path: Any) -> None:
     """wss:// to the router (TLS terminated there) and TLS to the upstream (upstreamTls): the
     tunnel takes over a TLS transport, and opens its upstream with the pool's TLS context."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file, _ = tls_files(tmp_path)
     with UpstreamProcess(certfile=str(cert_file), keyfile=str(key_file)) as tls_upstream:
         config = {
             "baseUrl": tls_upstream.url,

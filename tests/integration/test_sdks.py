@@ -10,9 +10,9 @@ import anthropic
 import httpx
 import openai
 import pytest
-import trustme
 
 from tests.router_process import RouterProcess
+from tests.tls_files import tls_files
 from tests.upstream_process import UpstreamProcess
 
 
@@ -153,12 +153,7 @@ def test_auth_injection_and_client_credentials(make_router, upstream):
 
 
 def test_https_upstream_with_a_private_ca(tmp_path):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file, _ = tls_files(tmp_path, "127.0.0.1", "localhost")
     with UpstreamProcess(certfile=str(cert_file), keyfile=str(key_file)) as tls_upstream:
         assert tls_upstream.url.startswith("https://")
         base = {"baseUrl": tls_upstream.url}

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import httpx
 import openai
-import trustme
 
 from tests.integration.conftest import chat
 from tests.router_process import RouterProcess
+from tests.tls_files import tls_files
 
 ALICE = "sk-alice-0123456789"
 BOB = "sk-bob-9876543210"
@@ -67,12 +67,7 @@ def test_clients_need_a_valid_key_and_stay_in_their_routes_and_models(upstream):
 
 
 def test_tls_termination_with_a_self_signed_certificate(tmp_path, upstream):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file, key_file, ca_file, _ = tls_files(tmp_path)
     config = {"baseUrl": upstream.url, "tls": {"certFile": str(cert_file), "keyFile": str(key_file)}}
     with RouterProcess(config) as router:
         assert router.url.startswith("https://")
