@@ -16,20 +16,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from api_router.config_usage import price_table
 from api_router.core.usage import Price, PriceTable, Usage, cost_usd
-from api_router.routing import RouteKind
+from api_router.routing import accounted
 
 if TYPE_CHECKING:
     from api_router.config import Config
     from api_router.metrics import Metrics
     from api_router.routing import Route
-
-
-def accounted(kind: RouteKind) -> bool:
-    """Whether a route's answers are model calls: others (pass-through, /v1/models) are not
-    accounted. Identity tests, not a frozenset of members: an Enum member's ``__hash__`` is
-    interpreted code, ~1.5k instructions per lookup from compiled code (4 a request)."""
-    return kind is RouteKind.JSON or kind is RouteKind.MULTIPART
-
 
 # Model names priced so far are remembered (a miss walks the whole table); clients choose the
 # names, so the memory is bounded: past this many, further names are looked up every time.

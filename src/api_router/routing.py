@@ -39,6 +39,12 @@ class RouteKind(enum.Enum):
     TUNNEL = "tunnel"  # an ``Upgrade: websocket`` handshake, then bytes both ways (net/tunnel.py)
 
 
+def accounted(kind: RouteKind) -> bool:
+    """Whether a route's answers are model calls, read and accounted (not pass-through or /v1/models);
+    identity tests, as an Enum member's ``__hash__`` is interpreted (~1.5k instructions a lookup)."""
+    return kind is RouteKind.JSON or kind is RouteKind.MULTIPART
+
+
 @dataclass(frozen=True, slots=True)
 class _Builtin:
     method: str

@@ -19,7 +19,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from api_router import access_log
-from api_router.accounting import Accounting, accounted
+from api_router.accounting import Accounting
 from api_router.admin import usage_answer
 from api_router.backends import BackendSet
 from api_router.cache import CachedResponse, MemoryCache, RedisCache, ResponseCache
@@ -45,7 +45,7 @@ from api_router.net.tasks import spawn
 from api_router.net.upstream import UpstreamPool
 from api_router.quota import MemoryQuota, Ticket
 from api_router.quota_redis import RedisQuota
-from api_router.routing import Route, Router
+from api_router.routing import Route, Router, accounted
 from api_router.slots_redis import RedisStreamSlots
 from api_router.tracing import Tracing, end_span
 

@@ -22,7 +22,7 @@ from api_router.core.usage import Usage, UsageReader
 from api_router.core.usage_filter import NOTHING, SCAN, TRANSLATE, UsageChunkFilter, read_mode
 from api_router.errors import GatewayError, ServiceUnavailable, UpstreamTimeout, connection_lost_error
 from api_router.net.attempts import Attempts
-from api_router.routing import Route, RouteKind
+from api_router.routing import Route, accounted
 from api_router.targets import Target
 
 if TYPE_CHECKING:
@@ -123,11 +123,7 @@ class Forwarder(Attempts):
         self.model = model  # the model the client asked for (before modelMapping)
         self._strip_usage = strip_usage  # the router asked for the usage chunk (streamUsage force)
         # core/usage.py reads usage on model routes; dropped at the head unless the answer is 2xx
-        self.usage_reader: UsageReader | None = (
-            UsageReader(streaming)
-            if route.kind is RouteKind.JSON or route.kind is RouteKind.MULTIPART
-            else None
-        )
+        self.usage_reader: UsageReader | None = UsageReader(streaming) if accounted(route.kind) else None
         # What this read's body pieces need (core/usage_filter.read_mode)
         self._scan_pieces = NOTHING
         self._read_found = False  # the last read held a usage object (UsageReader.read)
