@@ -12,7 +12,7 @@ shipped price table), else ``other``; ``client`` is a configured client's name o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from api_router.config_usage import price_table
 from api_router.core.usage import Price, PriceTable, Usage, cost_usd
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Model names priced so far are remembered (a miss walks the whole table); clients choose the
 # names, so the memory is bounded: past this many, further names are looked up every time.
-PRICE_CACHE_SIZE = 1024
+PRICE_CACHE_SIZE: Final = 1024
 
 
 class Accounted(Protocol):

@@ -15,12 +15,12 @@ Rule 3. Only the current periods are kept in process: a period's figures are dro
 from __future__ import annotations
 
 import time
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from api_router.core.usage import Usage
 
 Period = Literal["day", "month", "total"]
-PERIODS: tuple[Period, ...] = ("day", "month", "total")
+PERIODS: Final[tuple[Period, ...]] = ("day", "month", "total")
 FIELDS = ("requests", "input", "output", "cached_input", "reasoning", "cost_usd")
 DAY_KEEP_SECS = 3 * 86400  # a day's figures stay readable for a while after it ends
 MONTH_KEEP_SECS = 62 * 86400
@@ -119,7 +119,7 @@ class MemoryLedger:
         return out
 
 
-_ZERO = Spend()
+_ZERO: Final = Spend()
 
 
 class _Tally:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import time
 from bisect import bisect_left
-from typing import Protocol
+from typing import Final, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,13 +28,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from api_router.core.usage import Usage
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-UNMATCHED = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
-FLUSH_SECS = 1.0
+UNMATCHED: Final = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
+FLUSH_SECS: Final = 1.0
 # A tuple of unknown length: as (float, ..., int, ...) mypyc unboxed all 18 items at each use and
 # boxed them again for bisect_left (~3k instructions per observation, 3 observations a request)
-_BOUNDS: tuple[float, ...] = (*_LATENCY_BUCKETS, float("inf"))
-OTHER_MODEL = "other"  # label for models the config does not know: clients choose the name
-TOKEN_KINDS = ("input", "output", "cached_input", "reasoning")
+_BOUNDS: Final[tuple[float, ...]] = (*_LATENCY_BUCKETS, float("inf"))
+OTHER_MODEL: Final = "other"  # label for models the config does not know: clients choose the name
+TOKEN_KINDS: Final = ("input", "output", "cached_input", "reasoning")
 
 
 class _Progress(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -67,7 +67,7 @@ BUILTIN_ROUTES: dict[str, _Builtin] = {
     "/v1/models": _Builtin("GET", RouteKind.MODELS, False),
     "/v1/realtime": _Builtin("GET", RouteKind.TUNNEL, False),  # OpenAI Realtime, over WebSocket
 }
-ANY_METHOD = "*"
+ANY_METHOD: Final = "*"
 # Every other path of the upstream's API passes through (method, query and body), so a new
 # provider endpoint works on day one; the most specific pattern wins (core/paths.py).
 PATTERN_ROUTES: dict[str, _Builtin] = {
@@ -84,13 +84,13 @@ def flavor_for_path(path: str) -> ApiFlavor:
     return ApiFlavor.RESPONSES if path.startswith("/v1/responses") else ApiFlavor.OPENAI
 
 
-LOCAL_ROUTES = {
+LOCAL_ROUTES: Final = {
     "/health": RouteKind.HEALTH,
     "/metrics": RouteKind.METRICS,
     "/cache/stats": RouteKind.CACHE_STATS,
     "/admin/usage": RouteKind.ADMIN_USAGE,
 }
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 # Headers the router sets itself for the upstream; a client's copy is dropped.
 _ROUTER_OWNED = frozenset({b"host", b"content-length", b"x-request-id", b"accept-encoding", b"expect"})
 
@@ -113,10 +113,10 @@ class Route:
     own_path: bool = False  # a pattern route: the request's path goes upstream, under the base path
 
 
-_CREDENTIALS = frozenset({b"authorization", b"x-api-key"})
+_CREDENTIALS: Final = frozenset({b"authorization", b"x-api-key"})
 ANTHROPIC_VERSION = (b"anthropic-version", b"2023-06-01")  # with the router's key, if the client sent none
-_UNMAPPED: tuple[str | None, str | None] = (None, None)
-_WEBSOCKET_UPGRADE = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]  # a tunnel's handshake
+_UNMAPPED: Final[tuple[str | None, str | None]] = (None, None)
+_WEBSOCKET_UPGRADE: Final = [(b"connection", b"Upgrade"), (b"upgrade", b"websocket")]  # a tunnel's handshake
 
 
 class _HeadPlan:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-HEARTBEAT = b": heartbeat\n\n"
+from typing import Final
+
+HEARTBEAT: Final = b": heartbeat\n\n"
 
 
 class HeartbeatPolicy:

@@ -13,7 +13,7 @@ from typing import Final
 
 HeaderList = list[tuple[bytes, bytes]]
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -50,9 +50,9 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     return frozenset(tokens) if tokens else _NONE
 
 
-_NONE: frozenset[bytes] = frozenset()
+_NONE: Final[frozenset[bytes]] = frozenset()
 # The usual values name no header (keep-alive is hop-by-hop already): skip the split.
-PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 
 
 def end_to_end(headers: HeaderList, also_drop: frozenset[bytes] = _NONE) -> HeaderList:
@@ -69,7 +69,7 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
     return None
 
 
-_STATUS_LINES = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
 def response_head(

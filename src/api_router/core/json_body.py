@@ -30,9 +30,9 @@ from typing import Any, Final
 
 import orjson
 
-JUDGED_KEYS = ("model", "stream", "stream_options")
-_QUOTED = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
-_WHITESPACE = b" \t\r\n"
+JUDGED_KEYS: Final = ("model", "stream", "stream_options")
+_QUOTED: Final = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
+_WHITESPACE: Final = b" \t\r\n"
 
 
 class DuplicateKey(ValueError):
@@ -119,10 +119,10 @@ def _value_end(raw: bytes, start: int) -> int:
     return end
 
 
-_INCLUDE_USAGE = b'"include_usage"'
-_ASKED = b'"stream_options":{"include_usage":true}'
+_INCLUDE_USAGE: Final = b'"include_usage"'
+_ASKED: Final = b'"stream_options":{"include_usage":true}'
 USAGE_ASKED_FIRST: Final = b'{"stream_options":{"include_usage":true},'  # a body's start, asked
-_STREAM_OPTIONS = b'"stream_options"'
+_STREAM_OPTIONS: Final = b'"stream_options"'
 
 
 def ask_for_usage(raw: bytes, body: dict[str, Any]) -> tuple[bytes, bool]:

@@ -6,10 +6,12 @@ answered and its connection closed, since nothing after it may be read as a requ
 
 from __future__ import annotations
 
+from typing import Final
+
 from api_router.core.http import HeaderList
 from api_router.errors import BadRequest, GatewayError, VersionNotSupported
 
-_READ_HERE = frozenset({b"content-length", b"x-request-id", b"transfer-encoding", b"expect"})
+_READ_HERE: Final = frozenset({b"content-length", b"x-request-id", b"transfer-encoding", b"expect"})
 
 
 def read_head(headers: HeaderList) -> tuple[bytes | None, bytes | None, bytes | None, bool]:

@@ -7,11 +7,11 @@ real usage replaces the estimate when it ends (``quota.py``, rule 2).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 # The output cap, by API: chat/completions and messages, newer chat models, the Responses API.
-MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-BYTES_PER_INPUT_TOKEN = 4  # the usual estimate for English text and the JSON around it
+MAX_TOKENS_FIELDS: Final = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+BYTES_PER_INPUT_TOKEN: Final = 4  # the usual estimate for English text and the JSON around it
 
 
 def reservation(body: Mapping[str, Any], body_bytes: int) -> int:

@@ -16,11 +16,15 @@ Pure: one pass over the upstream's headers, read by net/forward.py.
 
 from __future__ import annotations
 
+from typing import Final
+
 from api_router.core.http import HOP_BY_HOP, PLAIN_CONNECTION, Framing, HeaderList, end_to_end, response_head
 
-_OURS = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
-_DROP = HOP_BY_HOP | _OURS
-_READ = frozenset({b"content-type", b"content-length", b"cache-control", b"connection", b"content-encoding"})
+_OURS: Final = frozenset({b"content-length", b"x-request-id"})  # the framing and the id are ours
+_DROP: Final = HOP_BY_HOP | _OURS
+_READ: Final = frozenset(
+    {b"content-type", b"content-length", b"cache-control", b"connection", b"content-encoding"}
+)
 
 
 class ResponseHead:

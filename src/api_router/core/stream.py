@@ -21,7 +21,7 @@ Phases: AWAITING_UPSTREAM → STREAMING → DONE, or → ABORTED from either of 
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from api_router.core.heartbeat import HEARTBEAT, HeartbeatPolicy
 from api_router.core.sse import SseBoundaryTracker
@@ -46,10 +46,10 @@ class Ending(NamedTuple):
     close_downstream: bool  # the body cannot be ended cleanly: drop the client connection
 
 
-_IGNORED = Ending("ignored", False, None, b"", False)
+_IGNORED: Final = Ending("ignored", False, None, b"", False)
 # The usual endings, made once: a NamedTuple's __new__ is interpreted (~3k instructions a request)
-_COMPLETED_REUSE = Ending("completed", True, None, b"", False)
-_COMPLETED_CLOSE = Ending("completed", False, None, b"", False)
+_COMPLETED_REUSE: Final = Ending("completed", True, None, b"", False)
+_COMPLETED_CLOSE: Final = Ending("completed", False, None, b"", False)
 
 
 class StreamState:
@@ -137,7 +137,7 @@ class StreamState:
         )
 
 
-_REASONS = {504: "upstream_timeout", 429: "rate_limited", 503: "unavailable"}
+_REASONS: Final = {504: "upstream_timeout", 429: "rate_limited", 503: "unavailable"}
 
 
 def _reason(error: GatewayError) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from random import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from api_router.core.backoff import retry_after_secs, retry_delay
 from api_router.core.flow_control import UPSTREAM_FULL
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from api_router.net.upstream import UpstreamConnection
     from api_router.translation import BackendRequests
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-RETRY_BODY_LIMIT = 1024 * 1024  # bodies above this are not held for failover
+RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
+RETRY_BODY_LIMIT: Final = 1024 * 1024  # bodies above this are not held for failover
 
 
 def _no_head(target: Target, length: int | None) -> bytes:

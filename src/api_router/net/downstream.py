@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from api_router.net.forward import Forwarder
     from api_router.net.ports import Gateway
 
-_MAX_QUEUED = 16
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_QUEUED: Final = 16
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class DownstreamProtocol(asyncio.Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from api_router.core.access import ClientPolicy
     from api_router.net.ports import Runtime
 
-_REQUEST_ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_REQUEST_ID_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
 class ConnectionClosed(Exception):
@@ -143,7 +143,7 @@ class _RequestIds:
         return b"%s%012x" % (self._prefix, next(self._count))
 
 
-_ids = _RequestIds()
+_ids: Final = _RequestIds()
 os.register_at_fork(after_in_child=_ids.reseed)  # --workers: each worker its own prefix
 
 

@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -21,12 +21,12 @@ from api_router.errors import UpstreamUnreachable, from_os_error
 from api_router.targets import Origin
 
 _SHARED_READ_BUFFER = bytearray(0)
-_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 # A response head is bounded as a request head is (limits.maxHeaderBytes / maxHeaders defaults):
 # an upstream streaming header lines without end grew the router by ~118 MB.
-MAX_RESPONSE_HEAD_BYTES = 65536
-MAX_RESPONSE_HEADERS = 100
-_OVER_LIMITS = "sent a response head over the limits"
+MAX_RESPONSE_HEAD_BYTES: Final = 65536
+MAX_RESPONSE_HEADERS: Final = 100
+_OVER_LIMITS: Final = "sent a response head over the limits"
 
 
 class _RefusedHead(Exception):
