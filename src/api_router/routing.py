@@ -354,7 +354,7 @@ class Router:
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object", code="invalid_json")
         try:
-            check_top_level(raw)  # what is judged below is what the upstream reads
+            check_top_level(raw, body)  # what is judged below is what the upstream reads
         except DuplicateKey as exc:
             raise BadRequest(str(exc), code="duplicate_key") from None
         except ValueError as exc:  # the stdlib refused what orjson took: refuse it too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from api_router.core.json_body import DuplicateKey, check_top_level, replace_val
 )
 def test_a_repeated_judged_key_is_refused(raw):
     with pytest.raises(DuplicateKey):
-        check_top_level(raw)
+        check_top_level(raw, orjson.loads(raw))
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ def test_a_repeated_judged_key_is_refused(raw):
     ],
 )
 def test_other_bodies_pass(raw):
-    check_top_level(raw)
+    check_top_level(raw, orjson.loads(raw))
 
 
 def test_a_mapped_model_keeps_every_other_byte():
@@ -67,3 +68,23 @@ def test_replace_values_agrees_with_a_plain_rewrite(pairs, new_model):
     raw = json.dumps(body).encode()
     expected = {**body, "model": new_model}
     assert json.loads(replace_values(raw, {"model": new_model})) == expected
+
+
+spellings = st.sampled_from(['"model"', '"m\\u006fdel"', '"stream"', '"stream_options"', '"messages"', '"x"'])
+
+
+@given(st.lists(st.tuples(spellings, values), max_size=6), st.booleans())
+def test_check_top_level_agrees_with_the_exact_parser(pairs, nest):
+    """Only the judged keys the parsed body has are counted: a repeat is refused exactly when the
+    stdlib's own pairs show one at the top level, wherever else the keys appear."""
+    members = [f"{key}:{json.dumps(value)}" for key, value in pairs]
+    if nest:  # the same spellings deeper in the body are not the top level's
+        members.append('"metadata":{' + ",".join(members) + "}")
+    raw = ("{" + ",".join(members) + "}").encode()
+    top = [key for key, _ in json.loads(raw, object_pairs_hook=lambda p: p)]
+    repeated = any(top.count(key) > 1 for key in ("model", "stream", "stream_options"))
+    if repeated:
+        with pytest.raises(DuplicateKey):
+            check_top_level(raw, orjson.loads(raw))
+    else:
+        check_top_level(raw, orjson.loads(raw))

@@ -32,6 +32,7 @@ import orjson
 
 JUDGED_KEYS: Final = ("model", "stream", "stream_options")
 _QUOTED: Final = {key: b'"' + key.encode() + b'"' for key in JUDGED_KEYS}
+_QUOTED_PAIRS: Final = tuple(_QUOTED.items())
 _WHITESPACE: Final = b" \t\r\n"
 
 
@@ -43,14 +44,28 @@ class DuplicateKey(ValueError):
 
 def _is_plain(raw: bytes) -> bool:
     """Each judged key appears at most once, spelled literally: no duplicate can hide."""
-    return b"\\u" not in raw and all(raw.count(quoted) <= 1 for quoted in _QUOTED.values())
+    # find, not ``in``: bytes ``in`` bytes first tries the operand as an int and clears the
+    # TypeError that raises (~2.5k instructions against ~1.2k, bench.instructions --rps)
+    return (
+        raw.find(b"\\u") < 0
+        and raw.count(b'"model"') <= 1
+        and raw.count(b'"stream"') <= 1
+        and raw.count(b'"stream_options"') <= 1
+    )
 
 
-def check_top_level(raw: bytes) -> None:
-    """Raise ``DuplicateKey`` if the top-level object repeats a judged key."""
-    if _is_plain(raw):
+def check_top_level(raw: bytes, body: dict[str, Any]) -> None:
+    """Raise ``DuplicateKey`` if the top-level object repeats a judged key; ``body`` is ``raw``
+    parsed (orjson). A key repeated at the top level is a key of ``body`` (orjson keeps the last
+    one), so only the judged keys ``body`` has are counted: the usual body names ``model`` alone,
+    one count instead of three."""
+    if raw.find(b"\\u") >= 0:  # another spelling may decode to a judged key
+        _parse_exact(raw)
         return
-    _parse_exact(raw)
+    for key, quoted in _QUOTED_PAIRS:
+        if key in body and raw.count(quoted) > 1:
+            _parse_exact(raw)  # a second one may be nested or in a string: the exact parser decides
+            return
 
 
 def _parse_exact(raw: bytes) -> dict[str, Any]:
