@@ -46,6 +46,8 @@ class Ending(NamedTuple):
     close_downstream: bool  # the body cannot be ended cleanly: drop the client connection
 
 
+# an enum of an interpreted module: a member read from compiled code is a class attribute lookup
+_RESPONSES: Final = ApiFlavor.RESPONSES
 _IGNORED: Final = Ending("ignored", False, None, b"", False)
 # The usual endings, made once: a NamedTuple's __new__ is interpreted (~3k instructions a request)
 _COMPLETED_REUSE: Final = Ending("completed", True, None, b"", False)
@@ -75,7 +77,7 @@ class StreamState:
         self.heartbeats = 0
         self.events = 0  # Responses API events forwarded (the error event's sequence_number)
         # a plain bool: an enum member read per event is a module attribute lookup (bench.instructions)
-        self._count_events = flavor is ApiFlavor.RESPONSES
+        self._count_events = flavor is _RESPONSES
 
     def response_started(self, is_sse: bool) -> None:
         if self.phase is Phase.AWAITING_UPSTREAM:

@@ -292,7 +292,9 @@ class Forwarder(Attempts):
     def _arm(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_at(at, self._on_timer)
+        # call_later: uvloop's call_at is call_later(at - time()) behind a keyword call of its own
+        loop = self.loop
+        self._timer = loop.call_later(at - loop.time(), self._on_timer)
 
     def _on_timer(self) -> None:
         """The upstream-silence watchdog and the heartbeat share one timer (memory per stream)."""
@@ -311,9 +313,8 @@ class Forwarder(Attempts):
             self.last_heartbeat = now
             self.upstream_body_write(data)
         deadline = self.last_read + timeout
-        self._timer = self.loop.call_at(
-            deadline if next_check is None else min(deadline, next_check), self._on_timer
-        )
+        at = deadline if next_check is None else min(deadline, next_check)
+        self._timer = self.loop.call_later(at - now, self._on_timer)
         self.app.metrics.publish_progress(self)
 
     def upstream_body_write(self, data: bytes) -> None:
