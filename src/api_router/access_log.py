@@ -106,8 +106,9 @@ def access_line(forwarder: Logged, outcome: str) -> None:
     writer = _writer
     if writer is not None and writer.text and writer.usable(access):
         writer.write_text(
-            f"request_id={request_id} route={route} status={status} latency_ms={latency_ms} "
-            f"upstream_latency_ms={upstream_ms} bytes={body_bytes} outcome={outcome} "
+            f"request_id={request_id} route={route} status={status} latency_ms={_two_places(latency_ms)} "
+            f"upstream_latency_ms={'None' if upstream_ms is None else _two_places(upstream_ms)} "
+            f"bytes={body_bytes} outcome={outcome} "
             f"stream={state.sse} client={client} model={model} backend={backend} "
             f"input_tokens={input_tokens} output_tokens={output_tokens} cost_usd={cost_usd}"
             + (" usage_estimated=True" if estimated else "")
@@ -290,6 +291,21 @@ def _three_digits(msecs: int) -> str:
     """``f"{msecs:03d}"`` for 0-999. A format spec makes mypyc build the whole f-string with
     ``str.format``, one generic call per piece (~6.7k instructions a line); this is two ops."""
     return str(1000 + msecs)[1:]
+
+
+def _two_places(value: float) -> str:
+    """``str(value)`` for a ``value`` rounded to two places (``round(x, 2)``), from integers:
+    a float's repr cost ~2.5k instructions, two a line (bench.instructions --rps). Exact below
+    1e13: the float nearest a two-place decimal, times 100, is within far less than 0.5 of that
+    decimal's integer, and no shorter string than its digits (trailing zero dropped) reads back
+    as the same float (tests/test_access_writer.py checks it against ``str``)."""
+    if not 0.0 <= value < 1e13:
+        return str(value)
+    cents = int(value * 100.0 + 0.5)
+    whole, part = divmod(cents, 100)
+    if part % 10 == 0:
+        return f"{whole}.{part // 10}"
+    return f"{whole}.{str(100 + part)[1:]}"
 
 
 def _pid() -> int:

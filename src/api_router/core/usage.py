@@ -170,6 +170,7 @@ class UsageReader:
         self.total_bytes += end
         data: bytes | bytearray | None = None
         at = -1  # where the first usage object may start in ``data``
+        carried = True  # ``data`` begins with bytes of the last read: the marker is searched for
         carry = self._carry
         if carry:
             self._carry = b""
@@ -181,6 +182,7 @@ class UsageReader:
         else:
             at = _usage_object_at(buffer, end)
             if at >= 0:
+                carried = False  # ``at`` is the marker, found already
                 data = buffer[:end]  # one copy: the shared read buffer is reused by the next read
                 if sampling:
                     # Counted only if needed: an answer whose usage came complete (this is often
@@ -190,8 +192,9 @@ class UsageReader:
                     sampling = False
         if sampling:
             self.events += buffer.count(b"data:", 0, end)
-        # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk
-        unfinished = not buffer.endswith(_EVENT_ENDS, 0, end)
+        # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk. A JSON
+        # answer has no events: only the marker's tail is looked for (one generic call less)
+        unfinished = not self.sse or not buffer.endswith(_EVENT_ENDS, 0, end)
         tail = b""
         if unfinished:
             # Kept only if the read ends with the start of the marker (a quote in its last bytes
@@ -204,10 +207,10 @@ class UsageReader:
                 if MARKER.startswith(joined):
                     tail = joined
         self._tail = tail
-        self.unfinished = unfinished
+        self.unfinished = unfinished and self.sse
         if data is None:
             return False
-        first = self._scan(data, at)
+        first = self._scan(data, at, carried)
         self.empty_choices = ()
         self.usage_event = b""
         if first < 0 or not self.sse:
@@ -235,11 +238,12 @@ class UsageReader:
         self.feed(body)
         self._carry = b""
 
-    def _scan(self, data: bytes | bytearray, at: int) -> int:
-        """Read the usage objects in ``data`` from ``at`` (the first marker, or before it); where
-        the first one read starts, -1 if none was."""
+    def _scan(self, data: bytes | bytearray, at: int, search: bool = True) -> int:
+        """Read the usage objects in ``data`` from ``at`` (the first marker, or before it if
+        ``search``); where the first one read starts, -1 if none was."""
         first = -1
-        at = data.find(MARKER, at)
+        if search:
+            at = data.find(MARKER, at)
         while at >= 0:
             value = _skip(data, at + len(MARKER))
             if value >= len(data):
