@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from bisect import bisect_left
 from typing import Final, Protocol
 
 from prometheus_client import (
@@ -31,7 +30,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 UNMATCHED: Final = "unmatched"  # label for paths with no route: arbitrary paths must not grow the label set
 FLUSH_SECS: Final = 1.0
 # A tuple of unknown length: as (float, ..., int, ...) mypyc unboxed all 18 items at each use and
-# boxed them again for bisect_left (~3k instructions per observation, 3 observations a request)
+# boxed them again for each observation (~3k instructions, 3 observations a request)
 _BOUNDS: Final[tuple[float, ...]] = (*_LATENCY_BUCKETS, float("inf"))
 OTHER_MODEL: Final = "other"  # label for models the config does not know: clients choose the name
 TOKEN_KINDS: Final = ("input", "output", "cached_input", "reasoning")
@@ -84,7 +83,17 @@ class HistogramTally:
         self.total = 0.0
 
     def add(self, seconds: float) -> None:
-        self.counts[bisect_left(_BOUNDS, seconds)] += 1  # buckets are "le": a bound counts as inside
+        # The first bound not below it (bisect_left: buckets are "le", a bound counts as inside),
+        # found by a native loop from the smallest: a request's time is in the first few buckets,
+        # and the generic call to bisect_left cost ~1.5k instructions (3 observations a request)
+        index = 0
+        for bound in _BOUNDS:
+            if seconds <= bound:
+                break
+            index += 1
+        else:  # NaN, which no bound holds: counted where bisect_left puts it
+            index = 0
+        self.counts[index] += 1
         self.total += seconds
 
     def publish(self, child: Histogram) -> None:

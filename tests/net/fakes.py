@@ -9,6 +9,7 @@ from typing import Any
 import httptools
 
 from api_router.core.http import HeaderList
+from api_router.net.upstream import ResponseListener
 
 
 class FakeTransport:
@@ -53,7 +54,7 @@ class FakeTransport:
         return 0
 
 
-class RecordingListener:
+class RecordingListener(ResponseListener):
     """A ResponseListener that keeps everything it was told, in order."""
 
     def __init__(self) -> None:

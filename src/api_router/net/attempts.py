@@ -22,6 +22,7 @@ from api_router.core.stream import Ending, Phase, StreamState
 from api_router.errors import BadRequest, GatewayError, UpstreamUnreachable
 from api_router.net.streamed_body import StreamedBody
 from api_router.net.tasks import spawn
+from api_router.net.upstream import ResponseListener
 from api_router.routing import Route
 from api_router.targets import Target
 
@@ -41,7 +42,7 @@ def _no_head(target: Target, length: int | None) -> bytes:
     raise AssertionError("the request head is sent only before the response starts")
 
 
-class Attempts:
+class Attempts(ResponseListener):
     """One exchange's request, on its way to a backend (and to the next one, on failover)."""
 
     # Slots: thousands of these live at once; a dict per exchange would cost ~0.7 KB each.

@@ -7,7 +7,7 @@ import ssl
 
 from api_router.core.http import HeaderList
 from api_router.errors import UpstreamUnreachable
-from api_router.net.upstream import UpstreamPool
+from api_router.net.upstream import ResponseListener, UpstreamPool
 from api_router.targets import Origin
 
 
@@ -22,7 +22,7 @@ def make_ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-class _Collector:
+class _Collector(ResponseListener):
     """A ResponseListener that keeps one small whole response (model lists, health checks)."""
 
     def __init__(self, future: asyncio.Future[tuple[int, HeaderList, bytes]], limit: int) -> None:

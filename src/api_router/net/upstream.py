@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import Callable
-from typing import Final, Protocol, cast
+from typing import Final, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from api_router.core.http import HeaderList
 from api_router.errors import UpstreamUnreachable, from_os_error
@@ -54,16 +54,35 @@ def _read_view(size: int) -> memoryview:
     return view
 
 
-class ResponseListener(Protocol):
-    """What a connection reports to the exchange that borrowed it (the Forwarder)."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' recording listener
+class ResponseListener:
+    """What a connection reports to the exchange that borrowed it (``attempts.Attempts``, which
+    the Forwarder completes, subclasses this). A base class, not a Protocol: in compiled code a
+    call through a Protocol is a generic Python call (~500 instructions), and three of these run
+    at every upstream read."""
 
-    def upstream_head(self, status: int, headers: HeaderList) -> None: ...
-    def upstream_read(self, buffer: bytearray, nbytes: int) -> None: ...
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_flush(self) -> None: ...
-    def upstream_done(self, keep_alive: bool) -> None: ...
-    def upstream_lost(self, exc: BaseException | None) -> None: ...
-    def upstream_writable(self, writable: bool) -> None: ...
+    __slots__ = ()
+
+    def upstream_head(self, status: int, headers: HeaderList) -> None:
+        raise NotImplementedError
+
+    def upstream_read(self, buffer: bytearray, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_flush(self) -> None:
+        raise NotImplementedError
+
+    def upstream_done(self, keep_alive: bool) -> None:
+        raise NotImplementedError
+
+    def upstream_lost(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def upstream_writable(self, writable: bool) -> None:
+        raise NotImplementedError
 
 
 class UpstreamConnection(asyncio.BufferedProtocol):
@@ -251,7 +270,8 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, str, int], deque[UpstreamConnection]] = {}
+        # oldest first (take_idle pops the newest); lists: append and pop are native, a deque's generic
+        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         # One timer for the whole pool closes connections idle past idle_timeout, so none is held
         # open longer than documented (they were only dropped when next taken: 206 sockets still
         # open 33 s after a burst). Armed when the first connection goes idle, not per release.
@@ -330,13 +350,15 @@ class UpstreamPool:
         if conn._feeding:  # asked from inside a read: pooled once the rest of that read is parsed
             conn._release_pending = True
             return
-        idle = self._idle.setdefault(conn.origin.key, deque())
+        idle = self._idle.get(conn.origin.key)
+        if idle is None:
+            idle = self._idle[conn.origin.key] = []
         if len(idle) >= self._max_idle:
             conn.close()
             return
         loop = asyncio.get_running_loop()
         conn.idle_since = loop.time()
-        idle.append(conn)  # oldest on the left: take_idle pops the newest, the sweep the oldest
+        idle.append(conn)
         if self._sweep is None:
             self._sweep = loop.call_at(conn.idle_since + self._idle_timeout, self._close_expired)
 
@@ -344,9 +366,14 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         now = loop.time()
         oldest: float | None = None
+        timeout = self._idle_timeout
         for idle in self._idle.values():
-            while idle and (idle[0].closed or now - idle[0].idle_since >= self._idle_timeout):
-                idle.popleft().close()
+            expired = 0  # the oldest come first
+            while expired < len(idle) and (idle[expired].closed or now - idle[expired].idle_since >= timeout):
+                expired += 1
+            gone, idle[:expired] = idle[:expired], []  # out of the pool before closing (it may forget them)
+            for conn in gone:
+                conn.close()
             if idle and (oldest is None or idle[0].idle_since < oldest):
                 oldest = idle[0].idle_since
         if oldest is None:
