@@ -93,8 +93,8 @@ def access_line(forwarder: Logged, outcome: str) -> None:
     request_id = forwarder.request_id.decode()
     route = forwarder.route.path
     status = forwarder.status or 499
-    latency_ms = round((time.perf_counter() - forwarder.started_at) * 1000, 2)
-    upstream_ms = round(ttfb * 1000, 2) if ttfb is not None else None
+    latency = _hundredths((time.perf_counter() - forwarder.started_at) * 1000)  # of a ms
+    upstream = _hundredths(ttfb * 1000) if ttfb is not None else None
     # The body the client got: the upstream's bytes and the router's own (heartbeats, the SSE
     # error event, an error response), as nginx's $body_bytes_sent; no head, no framing.
     body_bytes = state.bytes_forwarded + forwarder.own_bytes
@@ -106,8 +106,8 @@ def access_line(forwarder: Logged, outcome: str) -> None:
     writer = _writer
     if writer is not None and writer.text and writer.usable(access):
         writer.write_text(
-            f"request_id={request_id} route={route} status={status} latency_ms={_two_places(latency_ms)} "
-            f"upstream_latency_ms={'None' if upstream_ms is None else _two_places(upstream_ms)} "
+            f"request_id={request_id} route={route} status={status} latency_ms={_two_places(latency)} "
+            f"upstream_latency_ms={'None' if upstream is None else _two_places(upstream)} "
             f"bytes={body_bytes} outcome={outcome} "
             f"stream={state.sse} client={client} model={model} backend={backend} "
             f"input_tokens={input_tokens} output_tokens={output_tokens} cost_usd={cost_usd}"
@@ -118,8 +118,8 @@ def access_line(forwarder: Logged, outcome: str) -> None:
         "request_id": request_id,
         "route": route,
         "status": status,
-        "latency_ms": latency_ms,
-        "upstream_latency_ms": upstream_ms,
+        "latency_ms": latency / 100,
+        "upstream_latency_ms": None if upstream is None else upstream / 100,
         "bytes": body_bytes,
         "outcome": outcome,
         "stream": state.sse,
@@ -153,7 +153,7 @@ def local_access_line(
         "request_id": request_id.decode(),
         "route": route,
         "status": status,
-        "latency_ms": round(latency * 1000, 2),
+        "latency_ms": _hundredths(latency * 1000) / 100,
         "upstream_latency_ms": None,
         "bytes": body_bytes,
         "outcome": outcome,
@@ -293,16 +293,17 @@ def _three_digits(msecs: int) -> str:
     return str(1000 + msecs)[1:]
 
 
-def _two_places(value: float) -> str:
-    """``str(value)`` for a ``value`` rounded to two places (``round(x, 2)``), from integers:
-    a float's repr cost ~2.5k instructions, two a line (bench.instructions --rps). Exact below
-    1e13: the float nearest a two-place decimal, times 100, is within far less than 0.5 of that
-    decimal's integer, and no shorter string than its digits (trailing zero dropped) reads back
-    as the same float (tests/test_access_writer.py checks it against ``str``)."""
-    if not 0.0 <= value < 1e13:
-        return str(value)
-    cents = int(value * 100.0 + 0.5)
-    whole, part = divmod(cents, 100)
+def _hundredths(value: float) -> int:
+    """``value`` (>= 0) in hundredths, rounded: the line's milliseconds have two places."""
+    return int(max(value, 0.0) * 100.0 + 0.5)
+
+
+def _two_places(hundredths: int) -> str:
+    """``str(hundredths / 100)``, from integers: a float's repr cost ~2.5k instructions, two a
+    line (bench.instructions --rps). The same text: ``hundredths / 100`` is the float nearest
+    that two-place decimal, and below 2**53 no shorter string than the decimal's digits (a
+    trailing zero dropped) reads back as it (tests/test_access_writer.py checks against ``str``)."""
+    whole, part = divmod(hundredths, 100)
     if part % 10 == 0:
         return f"{whole}.{part // 10}"
     return f"{whole}.{str(100 + part)[1:]}"

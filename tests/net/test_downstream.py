@@ -21,6 +21,7 @@ import pytest
 from api_router.app import App
 from api_router.config import from_dict
 from api_router.net.downstream import DownstreamProtocol
+from api_router.net.upstream import UpstreamConnection
 from tests.net.fakes import FakeTransport, ParsedResponse, parse_responses
 
 MAX_BODY_BYTES = 1024
@@ -442,6 +443,31 @@ def test_a_half_close_ends_the_exchange_at_once_and_is_counted_once(connect, app
     lines = scrape(connect)
     assert "stream_client_disconnects_total 1.0" in lines
     assert 'requests_total{route="/v1/chat/completions",status="499"} 1.0' in lines
+
+
+def test_a_client_that_leaves_has_its_upstream_closed_first(connect, app, loop):
+    """On the client's FIN the backend's connection is dropped before the client's own: the
+    backend is what goes on working for nobody (bench disconnect measures that close)."""
+    origin = (
+        app.runtime.backends.group(None).targets[app.runtime.backends.group(None).backends[0].name].origin
+    )
+    upstream = UpstreamConnection(app.pool, origin)
+    upstream_transport = FakeTransport()
+    closed: list[str] = []
+    upstream_transport.abort = lambda: closed.append("upstream")  # type: ignore[method-assign]
+    client = connect()
+    client.transport.abort = lambda: closed.append("client")  # type: ignore[method-assign]
+
+    def pooled_then_request_then_leave() -> None:
+        upstream.connection_made(upstream_transport)  # type: ignore[arg-type]
+        app.pool.release(upstream)  # an idle pooled connection: the request goes on it at once
+        client.protocol.data_received(post("/v1/chat/completions", CHAT_BODY))
+        assert upstream_transport.written  # the request was sent on it
+        client.protocol.eof_received()
+
+    client.step(pooled_then_request_then_leave)
+    assert closed == ["upstream", "client"]
+    client.lose()
 
 
 def test_disconnect_mid_body_of_a_streamed_upload(connect, app, loop):

@@ -52,6 +52,8 @@ _IGNORED: Final = Ending("ignored", False, None, b"", False)
 # The usual endings, made once: a NamedTuple's __new__ is interpreted (~3k instructions a request)
 _COMPLETED_REUSE: Final = Ending("completed", True, None, b"", False)
 _COMPLETED_CLOSE: Final = Ending("completed", False, None, b"", False)
+# every abort's (bench disconnect: 100 clients leaving at once)
+_CLIENT_LEFT: Final = Ending("client_disconnect", False, None, b"", True)
 
 
 class StreamState:
@@ -130,7 +132,7 @@ class StreamState:
         if self.phase in (Phase.DONE, Phase.ABORTED):
             return _IGNORED
         self.phase = Phase.ABORTED
-        return Ending("client_disconnect", False, None, b"", True)
+        return _CLIENT_LEFT
 
     def __repr__(self) -> str:
         return (

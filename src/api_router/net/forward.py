@@ -349,6 +349,9 @@ class Forwarder(Attempts):
             keep_alive = sent >= 0 and not close_after
             self.own_bytes += max(sent, 0)
         elif ending.close_downstream:
+            conn, self.conn = self.conn, None
+            if conn is not None:  # the backend first: a client that left waits on nothing, it does
+                conn.close()
             self.downstream.abort()
         else:
             strip, translator = self._usage_filter, self._translator
