@@ -11,14 +11,16 @@ from typing import Final
 from api_router.core.http import HeaderList
 from api_router.errors import BadRequest, GatewayError, VersionNotSupported
 
-_READ_HERE: Final = frozenset({b"content-length", b"x-request-id", b"transfer-encoding", b"expect"})
+_READ_HERE: Final = frozenset(
+    {b"content-length", b"x-request-id", b"transfer-encoding", b"expect", b"connection"}
+)
 
 
-def read_head(headers: HeaderList) -> tuple[bytes | None, bytes | None, bytes | None, bool]:
+def read_head(headers: HeaderList) -> tuple[bytes | None, bytes | None, bytes | None, bool, bool]:
     """One pass for (Content-Length, the first X-Request-ID, Expect, whether a Transfer-Encoding
-    other than chunked was sent)."""
+    other than chunked was sent, whether a Connection header was)."""
     length = request_id = expect = None
-    bad_coding = False
+    bad_coding = connection = False
     for name, value in headers:
         if name in _READ_HERE:
             if name == b"content-length":
@@ -27,9 +29,19 @@ def read_head(headers: HeaderList) -> tuple[bytes | None, bytes | None, bytes | 
                 request_id = request_id or value
             elif name == b"transfer-encoding":
                 bad_coding = bad_coding or value.strip().lower() != b"chunked"
+            elif name == b"connection":
+                connection = True
             else:
                 expect = value
-    return length, request_id, expect, bad_coding
+    return length, request_id, expect, bad_coding, connection
+
+
+def surely_http11(keep_alive: bool, connection: bool) -> bool:
+    """The request line said HTTP/1.1, known without asking the parser (httptools' version is a
+    ``str.format``, ~2k instructions a request): llhttp takes only 0.9, 1.0, 1.1 and 2.0, and
+    keeps alive only 1.1, or a request whose Connection header asked (tests/core/test_request_head.py
+    checks it against the parser)."""
+    return keep_alive and not connection
 
 
 def offers_only_h2c(headers: HeaderList) -> bool:

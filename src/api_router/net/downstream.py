@@ -17,7 +17,7 @@ import httptools
 from api_router import logs
 from api_router.core.deadline import KEEP_TIMER, NO_DEADLINE, PASSED, Deadline
 from api_router.core.flow_control import QUEUE_FULL, UNREADABLE, UPSTREAM_FULL, ReadGate
-from api_router.core.request_head import read_head, refusal
+from api_router.core.request_head import read_head, refusal, surely_http11
 from api_router.errors import (
     ApiFlavor,
     BadRequest,
@@ -182,10 +182,10 @@ class DownstreamProtocol(asyncio.Protocol):
         req.head_done = True
         parser = cast(httptools.HttpRequestParser, self.parser)  # a callback of this very parser
         req.method = parser.get_method().decode("ascii")
-        version = parser.get_http_version()
-        self.http11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
-        length, request_id, expect, bad_coding = read_head(req.headers)
+        length, request_id, expect, bad_coding, connection = read_head(req.headers)
+        version = "1.1" if surely_http11(req.keep_alive, connection) else parser.get_http_version()
+        self.http11 = version == "1.1"
         req.request_id = pick_request_id(request_id)
         self._arm(req.runtime.body_timeout)  # idle time allowed between body bytes
         req.resolve_target()

@@ -129,20 +129,20 @@ class Request:
 
 
 class _RequestIds:
-    """Unique request ids without a syscall each: a random prefix per process, then a counter
-    (in decimal: ``str`` of an int is a native op, a ``%x`` bytes format cost ~1.5k instructions
+    """Unique request ids without a syscall each: a random prefix per process, then a counter,
+    24 hex digits in all (``to_bytes().hex()``: the ``%012x`` bytes format cost ~900 instructions
     more a request)."""
 
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        self._prefix = secrets.token_hex(6)
+        self._prefix = secrets.token_hex(6).encode()
         self._count = 0
 
     def next(self) -> bytes:
         self._count += 1
-        return (self._prefix + str(self._count)).encode()
+        return self._prefix + (self._count & 0xFFFF_FFFF_FFFF).to_bytes(6, "big").hex().encode()
 
 
 _ids: Final = _RequestIds()

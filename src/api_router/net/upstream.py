@@ -54,12 +54,10 @@ def _read_view(size: int) -> memoryview:
     return view
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # the tests' recording listener
+@mypyc_attr(allow_interpreted_subclasses=True)  # fetch's collector, the tests' recorder
 class ResponseListener:
-    """What a connection reports to the exchange that borrowed it (``attempts.Attempts``, which
-    the Forwarder completes, subclasses this). A base class, not a Protocol: in compiled code a
-    call through a Protocol is a generic Python call (~500 instructions), and three of these run
-    at every upstream read."""
+    """What a connection reports to the exchange that borrowed it (``attempts.Attempts``): a base
+    class, not a Protocol, so the three calls of every upstream read are native (~200 less each)."""
 
     __slots__ = ()
 
