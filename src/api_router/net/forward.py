@@ -350,7 +350,7 @@ class Forwarder(Attempts):
             self.own_bytes += max(sent, 0)
         elif ending.close_downstream:
             conn, self.conn = self.conn, None
-            if conn is not None:  # the backend first: a client that left waits on nothing, it does
+            if conn is not None:  # the backend's first: it works on for nobody until it sees the close
                 conn.close()
             self.downstream.abort()
         else:
