@@ -193,10 +193,10 @@ class UsageReader:
         if sampling:
             self.events += buffer.count(b"data:", 0, end)
         # An event ends with an empty line: "\n\n", then "\r\n" ending the HTTP chunk. A JSON
-        # answer has no events: only the marker's tail is looked for (one generic call less)
-        unfinished = not self.sse or not buffer.endswith(_EVENT_ENDS, 0, end)
+        # answer has no events, so no such test (one generic call less): its tail is always looked at
+        unfinished = self.sse and not buffer.endswith(_EVENT_ENDS, 0, end)
         tail = b""
-        if unfinished:
+        if unfinished or not self.sse:
             # Kept only if the read ends with the start of the marker (a quote in its last bytes
             # is the first test: one memchr, no allocation in the usual read).
             quote = buffer.rfind(b'"', max(0, end - _KEEP), end)
@@ -207,7 +207,7 @@ class UsageReader:
                 if MARKER.startswith(joined):
                     tail = joined
         self._tail = tail
-        self.unfinished = unfinished and self.sse
+        self.unfinished = unfinished
         if data is None:
             return False
         first = self._scan(data, at, carried)
