@@ -115,6 +115,8 @@ class Bench:
                 "router+translated",
                 "router+features",
                 "router-2w",
+                "pump",  # the floor of a Python proxy on uvloop, with and without parsing HTTP
+                "pump+parse",
                 *nginx,
             ]
             names += self.proxies[1:]

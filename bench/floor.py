@@ -2,9 +2,11 @@
 
 Workload 3's shape (sequential streaming requests on one keep-alive connection) against the
 mock directly, a bare Python byte pump on uvloop (``bench/pump.py``: no parsing, no routing, the
-least any Python proxy on this loop can add), nginx and the router, interleaved, several
-repetitions. If the pump adds what nginx adds, the event loop is not what the router pays for;
-its own per-request code is. TTFT is what moves between runs here, so compare rows of one run.
+least any Python proxy on this loop can add), the same pump parsing every message both ways with
+httptools (``pump+parse``: the least an HTTP-aware one can add), nginx and the router,
+interleaved, several repetitions. If the pumps add what nginx adds, the event loop and the parser
+are not what the router pays for; its own per-request code is. TTFT is what moves between runs
+here, so compare rows of one run.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def run(reps: int, requests: int, tokens: int, with_nginx: bool) -> dict[str, li
     """(p50, p99) TTFT in ms per target and repetition."""
     fleet = Fleet(raise_fd_limit())
     try:
-        targets = [fleet.start_mock(), fleet.start_pump()]
+        targets = [fleet.start_mock(), fleet.start_pump(), fleet.start_pump("pump+parse")]
         if with_nginx:
             targets.append(fleet.start_nginx())
         targets.append(fleet.start_router())

@@ -14,6 +14,11 @@ Needs Debian's ``valgrind`` (and nginx for ``--nginx``).
 (``rps``) drives them: many requests per read and per loop turn, so the per-request path is
 counted under the batching it meets in production, not one request at a time.
 
+``--floor`` also counts ``bench/pump.py``, the least a Python proxy on uvloop does: as a byte
+pump (``pump``) and parsing every message both ways with httptools (``pump+parse``). What the
+router costs over ``pump+parse`` is its own code; what ``pump+parse`` costs over nginx, no Python
+proxy on this loop and parser can remove.
+
 ``--per-event N`` also counts requests of N token events and prints what one more event costs
 (the difference over the difference in events); ``--set KEY=JSON`` overrides a top-level router
 config key, e.g. ``--set 'streamUsage="passthrough"'`` against the default ``force`` for what
@@ -61,12 +66,14 @@ def measure(
     interval_ms: float = 0.0,
     rps: bool = False,
 ) -> float:
-    """Instructions per request for one proxy ("router", "router+features" or "nginx");
+    """Instructions per request for one proxy ("router", "router+features", "nginx", "pump"...);
     ``rps``: non-streamed requests from wrk (``requests`` and ``warmup`` are then unused)."""
     out = fleet.dir / f"{name}-{tokens}.callgrind"
     wrapper = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     if name == "nginx":
         target = fleet.start_nginx(name, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
+    elif name in ("pump", "pump+parse"):
+        target = fleet.start_pump(name, wrapper=wrapper, ready_timeout=VALGRIND_READY_S)
     else:
         features = name in ("router+features", "router+traces")
         target = fleet.start_router(
@@ -120,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traces", action="store_true", help="also every feature on plus OpenTelemetry traces")
     ap.add_argument("--nginx", action="store_true", help="also nginx (one worker, no master)")
     ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also bench/pump.py, as a byte pump and parsing every message: a Python proxy's floor",
+    )
+    ap.add_argument(
         "--translated",
         action="store_true",
         help="also the router translating to an Anthropic-speaking backend",
@@ -167,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             print("nginx is not installed: apt-get install -y nginx-light", file=sys.stderr)
             return 2
         names.append("nginx")
+    names += ["pump", "pump+parse"] if args.floor else []
     fleet = Fleet(raise_fd_limit())
     try:
         fleet.start_mock()

@@ -26,6 +26,8 @@ TARGET_ORDER = (
     "router+features",
     "router+traces",
     "router-2w",
+    "pump",
+    "pump+parse",
     "nginx",
     "nginx-nolog",
     "litellm",
@@ -96,7 +98,8 @@ TITLES = {
     "rps": "9. requests/s: non-streamed chat completions ({rps_tokens} tokens), wrk at 64 connections"
     " for {rps_seconds:g} s (router: no access line; router+access: access line at info, text;"
     " router+keys: gateway keys on (clients), no access line; router+translated: to an Anthropic backend;"
-    " router+features: access line and model mapping;"
+    " router+features: access line and model mapping; pump: bench/pump.py, a Python byte pump on uvloop,"
+    " pump+parse: the same parsing every message both ways, a Python proxy's floor;"
     " nginx: access_log on, nginx-nolog: off)",
 }
 BASE = {"features": "chunk", "workers": "chunk"}  # where the nginx / direct baselines of a workload come from

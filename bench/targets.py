@@ -258,13 +258,18 @@ class Fleet:
         svc.port = self.upstream_port
         return Target("direct", "127.0.0.1", svc.port)
 
-    def start_pump(self) -> Target:
-        """bench.pump: a Python byte pump on uvloop in front of the mock (bench.floor)."""
+    def start_pump(
+        self, name: str = "pump", wrapper: tuple[str, ...] = (), ready_timeout: float = READY_TIMEOUT_S
+    ) -> Target:
+        """bench.pump in front of the mock, the floor of a Python proxy on uvloop: ``pump`` moves
+        bytes, ``pump+parse`` also parses every message both ways (bench.floor, workload rps)."""
         pump = Path(__file__).with_name("pump.py")  # run as a script: the child's cwd is self.dir
-        argv = [sys.executable, str(pump), "--upstream-port", str(self.upstream_port)]
-        svc = self._add(Service("pump", argv, self.dir))
-        svc.port = int(svc.wait_for_line(r"READY http://127\.0\.0\.1:(\d+)").group(1))
-        return Target("pump", "127.0.0.1", svc.port, svc.pid)
+        argv = [*wrapper, sys.executable, str(pump), "--upstream-port", str(self.upstream_port)]
+        argv += ["--parse"] if name == "pump+parse" else []
+        svc = self._add(Service(name, argv, self.dir))
+        pattern = r"READY http://127\.0\.0\.1:(\d+)"
+        svc.port = int(svc.wait_for_line(pattern, ready_timeout).group(1))
+        return Target(name, "127.0.0.1", svc.port, svc.pid)
 
     def start_otlp_sink(self) -> int:
         """bench.otlp_sink, once per fleet: where the traced router sends its spans."""
@@ -358,6 +363,8 @@ class Fleet:
             return self.start_nginx()
         if name == "nginx-nolog":
             return self.start_nginx(name, access_log=False)
+        if name in ("pump", "pump+parse"):
+            return self.start_pump(name)
         if name == "litellm":
             return self.start_litellm()
         raise ValueError(f"unknown target {name!r}")

@@ -26,4 +26,4 @@ def test_floor_compares_the_router_with_a_python_byte_pump() -> None:
     proc, output = run_bench("bench.floor", "--reps", "1", "--requests", "10", "--no-nginx", timeout=100)
     assert proc.returncode == 0, output
     rows = {line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")}
-    assert {"direct", "pump", "router"} <= rows, output
+    assert {"direct", "pump", "pump+parse", "router"} <= rows, output
