@@ -103,10 +103,10 @@ class Bench:
     def targets_for(self, workload: str, rep: int) -> list[str]:
         if workload == "features":
             return ["router+features", *(["router+traces"] if self.traces else [])]
-        if workload == "workers":
-            return ["router-2w"]
+        if workload == "workers":  # nginx's own two workers: how much of the cost is the machine's
+            return ["router-2w", *(["nginx-2w"] if "nginx" in self.proxies else [])]
         if workload == "rps":  # the access line's cost and two workers' are part of what it measures
-            nginx = ["nginx-nolog"] if "nginx" in self.proxies else []
+            nginx = ["nginx-nolog", "nginx-2w"] if "nginx" in self.proxies else []
             names = [
                 "direct",
                 "router",

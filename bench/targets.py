@@ -181,11 +181,17 @@ def router_config(
 
 
 def nginx_conf(
-    workdir: Path, port: int, upstream_port: int, nofile: int, access_log: bool = True, name: str = "nginx"
+    workdir: Path,
+    port: int,
+    upstream_port: int,
+    nofile: int,
+    access_log: bool = True,
+    name: str = "nginx",
+    workers: int = 1,
 ) -> str:
     log = f"{workdir}/{name}-access.log" if access_log else "off"
     return f"""
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 pid {workdir}/{name}.pid;
 error_log {workdir}/nginx-error.log warn;
@@ -313,11 +319,12 @@ class Fleet:
         wrapper: tuple[str, ...] = (),
         ready_timeout: float = READY_TIMEOUT_S,
         access_log: bool = True,
+        workers: int = 1,
     ) -> Target:
         """With a ``wrapper``, nginx runs its one worker in the master process (no fork)."""
         port = free_port()
         conf = self.dir / f"{name}.conf"
-        text = nginx_conf(self.dir, port, self.upstream_port, self.nofile, access_log, name)
+        text = nginx_conf(self.dir, port, self.upstream_port, self.nofile, access_log, name, workers)
         conf.write_text(text.replace("worker_processes 1;", "master_process off;") if wrapper else text)
         argv = [NGINX_BIN, "-p", str(self.dir), "-e", str(self.dir / "nginx-error.log"), "-c", str(conf)]
         svc = self._add(Service(name, [*wrapper, *argv, "-g", "daemon off;"], self.dir))
@@ -363,6 +370,8 @@ class Fleet:
             return self.start_nginx()
         if name == "nginx-nolog":
             return self.start_nginx(name, access_log=False)
+        if name == "nginx-2w":  # what two workers cost nginx on this machine, beside router-2w
+            return self.start_nginx(name, workers=2)
         if name in ("pump", "pump+parse"):
             return self.start_pump(name)
         if name == "litellm":
