@@ -111,6 +111,8 @@ class App:
         self.pool.close_all()
         if runtime.tracing is not None:  # the last spans go out before the process exits
             await self.loop.run_in_executor(None, runtime.tracing.shutdown)
+        for _ in range(2):  # the records of clients that just left run two loop turns late (forward.py)
+            await asyncio.sleep(0)
         self.metrics.flush()  # a worker's last tallies (the multiprocess files outlive it)
         logs.flush()  # the last access lines
 

@@ -470,6 +470,41 @@ def test_a_client_that_leaves_has_its_upstream_closed_first(connect, app, loop):
     client.lose()
 
 
+def test_clients_that_leave_in_one_poll_have_every_upstream_closed_before_any_record(connect, app, loop):
+    """uvloop closes a socket in a call_soon of its own (abort → _call_connection_lost): the
+    fakes do the same, and every upstream that lost its client in one poll must be closed before
+    any of the exchanges is recorded (bench disconnect: else close N waits for N - 1 records)."""
+    group = app.runtime.backends.group(None)
+    origin = group.targets[group.backends[0].name].origin
+    closes: list[int] = []  # client disconnects counted when each upstream socket closed
+
+    def abort_later() -> None:
+        loop.call_soon(lambda: closes.append(app.metrics._disconnects))
+
+    clients, upstreams = [connect() for _ in range(3)], []
+    for _ in clients:
+        transport = FakeTransport()
+        transport.abort = abort_later  # type: ignore[method-assign]
+        upstreams.append((UpstreamConnection(app.pool, origin), transport))
+
+    def requests_then_all_leave() -> None:
+        for (upstream, transport), client in zip(upstreams, clients, strict=True):
+            upstream.connection_made(transport)  # type: ignore[arg-type]
+            app.pool.release(upstream)  # idle and pooled: the request goes on it at once
+            client.protocol.data_received(post("/v1/chat/completions", CHAT_BODY))
+            assert transport.written
+        for client in clients:  # one poll's FINs
+            client.protocol.eof_received()
+
+    clients[0].step(requests_then_all_leave)
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert closes == [0, 0, 0]
+    assert app.metrics._disconnects == 3  # and then each was recorded
+    for client in clients:
+        client.lose()
+
+
 def test_disconnect_mid_body_of_a_streamed_upload(connect, app, loop):
     client = connect()
     started: list[object] = []
