@@ -18,6 +18,7 @@ from mypy_extensions import mypyc_attr
 
 from api_router.core.http import HeaderList
 from api_router.errors import UpstreamUnreachable, from_os_error
+from api_router.net.hangup import send_fin_now
 from api_router.targets import Origin
 
 _SHARED_READ_BUFFER = bytearray(0)
@@ -193,9 +194,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     # client as plain chunked bytes it cannot decode. Asked for none, so refused.
                     coding = value.decode("latin-1")
                     raise _RefusedHead(f"used transfer-coding {coding!r}; only chunked is supported")
-        self._close_delimited = close_delimited
-        if status in (204, 304) or 100 <= status < 200:
-            self._close_delimited = False
+        self._close_delimited = close_delimited and status not in (204, 304) and not 100 <= status < 200
         if self.listener is not None:
             self.listener.upstream_head(status, self._headers)
         self._headers = []  # not kept for the life of the stream
@@ -239,6 +238,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.listener = None
         if self.transport is not None and not self.closed:
             self.closed = True
+            send_fin_now(self.transport)  # uvloop's own close comes a loop turn later (net/hangup.py)
             self.transport.abort()
             self.pool.forget(self)
 
