@@ -14,7 +14,7 @@ from typing import Any, Final
 import orjson
 
 from api_router.config import Config, EndpointConfig
-from api_router.core.http import HOP_BY_HOP, HeaderList, connection_tokens, request_head
+from api_router.core.http import HOP_BY_HOP, HeaderList, add_headers, connection_tokens, header_lines
 from api_router.core.json_body import (
     DuplicateKey,
     PreparedJson,
@@ -123,7 +123,8 @@ class _HeadPlan:
     """What one route and backend add to every upstream request head, worked out once.
 
     ``variants[2 * client_sent_content_type + client_sent_credentials]`` is (client headers to
-    drop, config headers to add): which config headers apply depends only on those two facts.
+    drop, the lines the router adds after the client's when the client sent ``anthropic-version``,
+    and when it did not): which apply depends only on those three facts, so they are rendered once.
 
     Credentials (the client's ``Authorization`` / ``x-api-key``) pass through only when
     ``pass_credentials``: gateway access control is off, and either the router has no key of
@@ -133,18 +134,14 @@ class _HeadPlan:
     """
 
     __slots__ = (
-        "auth",
         "base",
         "forwarded",
         "has_body_method",
-        "host",
         "pass_credentials",
         "path",
         "route",
         "target",
-        "upgrade",
         "variants",
-        "version",
     )
 
     def __init__(self, route: Route, target: Target, router_key: str | None, gateway_keys: bool) -> None:
@@ -163,31 +160,34 @@ class _HeadPlan:
         always_dropped = HOP_BY_HOP | _ROUTER_OWNED | {b"x-forwarded-for"}
         if not self.pass_credentials:
             always_dropped |= _CREDENTIALS
-        variants = []
-        for has_type, has_auth in ((False, False), (False, True), (True, False), (True, True)):
-            keep = ({b"content-type"} if has_type else set()) | (_CREDENTIALS if has_auth else set())
-            drop = frozenset(always_dropped | (configured - keep))
-            variants.append((drop, [(n, v) for n, v in own if n not in keep]))
-        self.variants = tuple(variants)
-        self.auth: tuple[bytes, bytes] | None = None
+        auth: list[tuple[bytes, bytes]] = []
         if api_key and not configured & _CREDENTIALS:
             if route.flavor is ApiFlavor.ANTHROPIC:
-                self.auth = (b"x-api-key", api_key.encode())
+                auth = [(b"x-api-key", api_key.encode())]
             else:
-                self.auth = (b"authorization", b"Bearer " + api_key.encode())
-        self.version: tuple[bytes, bytes] | None = None
+                auth = [(b"authorization", b"Bearer " + api_key.encode())]
+        version: list[tuple[bytes, bytes]] = []
         if (
             route.flavor is ApiFlavor.ANTHROPIC
             and not self.pass_credentials
             and router_has_key
             and b"anthropic-version" not in configured
         ):
-            self.version = ANTHROPIC_VERSION
-        self.host = (b"host", target.origin.host_header)
+            version = [ANTHROPIC_VERSION]
+        last = [
+            *(_WEBSOCKET_UPGRADE if route.kind is RouteKind.TUNNEL else []),
+            (b"host", target.origin.host_header),
+        ]
+        variants = []
+        for has_type, has_auth in ((False, False), (False, True), (True, False), (True, True)):
+            keep = ({b"content-type"} if has_type else set()) | (_CREDENTIALS if has_auth else set())
+            drop = frozenset(always_dropped | (configured - keep))
+            added = [(n, v) for n, v in own if n not in keep] + ([] if has_auth else auth)
+            variants.append((drop, header_lines(added + last), header_lines(added + version + last)))
+        self.variants = tuple(variants)
         self.base = target.origin.base_path.encode()
         self.path = self.base + route.upstream_path
         self.has_body_method = route.upstream_method in (b"POST", b"PUT", b"PATCH")
-        self.upgrade = route.kind is RouteKind.TUNNEL
 
 
 class Router:
@@ -315,35 +315,34 @@ class Router:
             elif name == b"anthropic-version":
                 has_version = True
         has_auth = has_auth and plan.pass_credentials  # else the client's were dropped (see _HeadPlan)
-        drop, add = plan.variants[has_type * 2 + has_auth]
+        drop, added, added_with_version = plan.variants[has_type * 2 + has_auth]
         if named:
             drop = drop | named
-        headers = [item for item in client_headers if item[0] not in drop]
-        headers += add
-        if not has_auth and plan.auth is not None:
-            headers.append(plan.auth)
-        if plan.version is not None and not has_version:
-            headers.append(plan.version)
-        if plan.upgrade:
-            headers += _WEBSOCKET_UPGRADE
-        headers.append(plan.host)
-        headers.append((b"x-request-id", request_id))
+        target_path = plan.base + path.encode() if route.own_path else plan.path  # a pattern route
+        upstream_method = method.encode() if route.method == ANY_METHOD else route.upstream_method
+        # The head is joined once from pieces (http.add_headers), with no list of header tuples;
+        # a %s format is one copy in compiled code
+        question = b"?" if query else b""
+        parts = [b"%s %s%s%s HTTP/1.1\r\n" % (upstream_method, target_path, question, query)]
+        add_headers(parts, client_headers, drop)
+        parts.append(added if has_version else added_with_version)
+        parts.append(b"x-request-id: %s\r\n" % request_id)
         forwarded = plan.forwarded if plan.forwarded is not None else client_forwarded
         if client_addr:
             value = client_addr.encode()
-            headers.append((b"x-forwarded-for", forwarded + b", " + value if forwarded else value))
+            chain = b"%s, %s" % (forwarded, value) if forwarded else value
+            parts.append(b"x-forwarded-for: %s\r\n" % chain)
         elif forwarded is not None:
-            headers.append((b"x-forwarded-for", forwarded))
+            parts.append(b"x-forwarded-for: %s\r\n" % forwarded)
         if streaming:
             # A compressed SSE body would hide event boundaries from the heartbeat rule.
-            headers.append((b"accept-encoding", b"identity"))
+            parts.append(b"accept-encoding: identity\r\n")
         if body_length is None:
-            headers.append((b"transfer-encoding", b"chunked"))
+            parts.append(b"transfer-encoding: chunked\r\n")
         elif body_length or plan.has_body_method or method in _BODY_METHODS:
-            headers.append((b"content-length", b"%d" % body_length))
-        target_path = plan.base + path.encode() if route.own_path else plan.path  # a pattern route
-        upstream_method = method.encode() if route.method == ANY_METHOD else route.upstream_method
-        return request_head(upstream_method, target_path + b"?" + query if query else target_path, headers)
+            parts.append(b"content-length: %d\r\n" % body_length)
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def prepare_json(self, route: Route, raw: bytes) -> PreparedJson:
         """Validate a JSON body and map its model."""

@@ -41,7 +41,7 @@ class Framing(enum.Enum):
     NONE = "none"  # no body (HEAD, 204, 304)
 
 
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def connection_tokens(headers: HeaderList) -> frozenset[bytes]:
     """The header names ``Connection`` lists (hop-by-hop for this message); usually none."""
     tokens: set[bytes] = set()
     for name, value in headers:
@@ -69,32 +69,46 @@ def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes |
     return None
 
 
-_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+_STATUS_LINES: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
 
-def response_head(
-    status: int, headers: Iterable[tuple[bytes, bytes]], framing: Framing, length: int = 0
-) -> bytes:
+def response_head(status: int, headers: HeaderList, framing: Framing, length: int = 0) -> bytes:
     """A status line and headers; ``headers`` must already be end-to-end and framing-free."""
-    lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown" % status]
-    lines += [name + b": " + value for name, value in headers]
+    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    add_headers(parts, headers)
     if framing is Framing.LENGTH:
-        lines.append(b"content-length: %d" % length)
+        parts.append(b"content-length: %d\r\n" % length)
     elif framing is Framing.CHUNKED:
-        lines.append(b"transfer-encoding: chunked")
+        parts.append(b"transfer-encoding: chunked\r\n")
     elif framing is Framing.CLOSE:
-        lines.append(b"connection: close")
-    lines.append(b"")
-    lines.append(b"")
-    return CRLF.join(lines)
+        parts.append(b"connection: close\r\n")
+    parts.append(CRLF)
+    return b"".join(parts)
 
 
-def request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    lines = [method + b" " + target + b" HTTP/1.1"]
-    lines += [name + b": " + value for name, value in headers]
-    lines.append(b"")
-    lines.append(b"")
-    return CRLF.join(lines)
+def request_head(method: bytes, target: bytes, headers: HeaderList) -> bytes:
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    add_headers(parts, headers)
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def add_headers(parts: list[bytes], headers: HeaderList, drop: frozenset[bytes] = _NONE) -> None:
+    """Header lines, but those named in ``drop``, as pieces of a head that is joined once. A head
+    is made of pieces, not of lines: ``name + b": " + value`` made two objects a header
+    (bench.instructions --rps: the upstream and response heads cost ~4k instructions less a
+    request so)."""
+    for name, value in headers:
+        if name in drop:
+            continue
+        parts.append(b"%s: %s\r\n" % (name, value))
+
+
+def header_lines(headers: HeaderList) -> bytes:
+    """Header lines, worked out once (``routing._HeadPlan``'s configured headers)."""
+    parts: list[bytes] = []
+    add_headers(parts, headers)
+    return b"".join(parts)
 
 
 def chunk_header(size: int) -> bytes:
