@@ -420,6 +420,28 @@ def test_disconnect_while_a_forwarded_request_is_pending(connect, app, loop):
     assert 'requests_total{route="/v1/chat/completions",status="499"} 1.0' in lines
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_streamed_answer_holds_no_parser_and_a_whole_one_keeps_its_own(connect, loop, stream):
+    """While a stream is forwarded the connection holds no parser (~0.5 KB a held stream): a new
+    one is made if the client sends again. A whole answer ends soon: its parser is kept."""
+    client = connect()
+    body = json.dumps({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+    seen: list[object] = []
+
+    def request_then_leave() -> None:  # one step: the upstream connect never gets to run
+        parser = client.protocol.parser
+        client.protocol.data_received(post("/v1/chat/completions", body.encode()))
+        seen.extend([client.protocol.exchange, client.protocol.parser, parser])
+        client.protocol.connection_lost(None)
+
+    client.lost = True
+    client.step(request_then_leave)
+    loop.run_until_complete(asyncio.sleep(0))  # let the cancelled connect task end
+    exchange, parser, parser_before = seen
+    assert exchange is not None and exchange.streaming is stream  # type: ignore[attr-defined]
+    assert parser is (None if stream else parser_before)
+
+
 def test_a_half_close_ends_the_exchange_at_once_and_is_counted_once(connect, app, loop):
     """The client's FIN (eof_received) ends its exchange there and then: connection_lost, which
     the loop runs after the poll's other callbacks, comes later and finds nothing left to end."""
