@@ -25,6 +25,11 @@ _DROP: Final = HOP_BY_HOP | _OURS
 _READ: Final = frozenset(
     {b"content-type", b"content-length", b"cache-control", b"connection", b"content-encoding"}
 )
+# What ``plan`` does with a header, by name (a bit each): one lookup a header, not a set test for
+# each of the two (bench.instructions --rps: ~1k instructions a request less)
+_READS: Final = 1
+_DROPS: Final = 2
+_ROLES: Final = {name: _READS * (name in _READ) + _DROPS * (name in _DROP) for name in _READ | _DROP}
 
 
 class ResponseHead:
@@ -56,7 +61,8 @@ def plan(
     out: HeaderList = []
     for item in headers:  # one pass: what the router reads, and what it forwards
         name = item[0]
-        if name in _READ:
+        role = _ROLES.get(name, 0)
+        if role & _READS:
             if name == b"content-type":
                 content_type = item[1]
             elif name == b"content-length":
@@ -67,7 +73,7 @@ def plan(
                 encoded = encoded or item[1].strip().lower() != b"identity"
             else:  # connection
                 listed = listed or item[1] not in PLAIN_CONNECTION
-        if name not in _DROP:
+        if not role & _DROPS:
             out.append(item)
     if listed:  # Connection names other headers (rare): they are hop-by-hop too (rule 1)
         out = end_to_end(headers, _OURS)
