@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Final, Protocol
-
-import httptools
+from typing import TYPE_CHECKING, Final, Protocol
 
 from api_router.core.http import HeaderList
 from api_router.errors import BadRequest, GatewayError, HeadersTooLarge
@@ -110,12 +108,11 @@ class Request:
             )
             self.keep_alive = False
             return
+        path, self.query = split_target(self.url)
         try:
-            url: Any = httptools.parse_url(self.url)  # .query is None without one (stub says bytes)
-            self.path = url.path.decode()
-            self.query = url.query or b""
+            self.path = path.decode()
             self.route = self.runtime.router.match(self.method, self.path)
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+        except UnicodeDecodeError:
             self.error = BadRequest("invalid request target", code="invalid_url")
         except GatewayError as error:
             self.error = error
@@ -147,6 +144,18 @@ class _RequestIds:
 
 _ids: Final = _RequestIds()
 os.register_at_fork(after_in_child=_ids.reseed)  # --workers: each worker its own prefix
+
+
+def split_target(url: bytes) -> tuple[bytes, bytes]:
+    """An origin-form target's path and query (b"" if none), as ``httptools.parse_url`` splits
+    it, without it: ~1.6k instructions a request less with its attribute reads. llhttp checked
+    every byte of the target already, and parse_url refuses none it accepts, so there is nothing
+    left to check (tests/net/test_request.py tries every byte value against both)."""
+    fragment = url.find(b"#")  # a find, not ``in``: that cost ~2k instructions more (bench.instructions)
+    if fragment >= 0:  # no fragment belongs in a request target (RFC 9112 §3.2): cut, as parse_url does
+        url = url[:fragment]
+    path, _, query = url.partition(b"?")
+    return path, query
 
 
 def pick_request_id(client_value: bytes | None) -> bytes:
