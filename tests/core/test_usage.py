@@ -137,6 +137,24 @@ def test_a_json_answer_split_anywhere_reads_as_whole(answer: dict[str, Any]) -> 
             assert reader.usage(True) == whole, (cut, sse)
 
 
+def test_a_json_answer_is_not_searched_after_its_usage_object() -> None:
+    """A JSON answer has one usage object (Rule 3): once read, neither the rest of its read nor a
+    later read is searched, nor is its tail kept. A stream's later objects still override."""
+    first, later = (
+        b'{"usage":{"prompt_tokens":3,"completion_tokens":4}',
+        b'"x":{"usage":{"prompt_tokens":9}}}',
+    )
+    reader = UsageReader(sse=False)
+    reader.feed(first + b"," + later)
+    assert reader.usage(True) == Usage(3, 4, 0, 0, False)
+    reader.feed(b'"usage":{"completion_tokens":8}}')
+    reader.feed(b'"us')
+    assert reader.usage(True) == Usage(3, 4, 0, 0, False) and "carry=0 tail=0" in repr(reader)
+    stream = UsageReader(sse=True)
+    stream.feed(b"data: " + first + b"," + later + b"\n\n")
+    assert stream.usage(True) == Usage(9, 4, 0, 0, False)
+
+
 def test_an_answer_without_usage_reports_none() -> None:
     assert read_json(b'{"id":"x","choices":[]}') is None
     assert read_json(b'{"usage":null,"choices":[]}') is None
