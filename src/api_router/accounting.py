@@ -12,7 +12,7 @@ shipped price table), else ``other``; ``client`` is a configured client's name o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from api_router.config_usage import price_table
 from api_router.core.usage import Price, PriceTable, Usage, cost_usd
@@ -21,28 +21,11 @@ from api_router.routing import accounted
 if TYPE_CHECKING:
     from api_router.config import Config
     from api_router.metrics import Metrics
-    from api_router.routing import Route
+    from api_router.net.forward import Forwarder
 
 # Model names priced so far are remembered (a miss walks the whole table); clients choose the
 # names, so the memory is bounded: past this many, further names are looked up every time.
 PRICE_CACHE_SIZE: Final = 1024
-
-
-class Accounted(Protocol):
-    """What accounting reads off an exchange (a Forwarder)."""
-
-    cost_usd: float | None
-
-    @property
-    def route(self) -> Route: ...
-    @property
-    def client_name(self) -> str: ...
-    @property
-    def model(self) -> str | None: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def usage(self) -> Usage | None: ...
 
 
 class Accounting:
@@ -70,7 +53,9 @@ class Accounting:
                 self._priced[model] = price
         return None if price is None else cost_usd(usage, price)
 
-    def finished(self, exchange: Accounted) -> None:
+    def finished(self, exchange: Forwarder) -> None:
+        """An exchange's usage priced and counted. It is read as the native class it is, not
+        through a Protocol: each read was a generic getattr (~1.3k instructions a request)."""
         if not accounted(exchange.route.kind):
             return
         usage = exchange.usage

@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from api_router import access_log
 from api_router.accounting import Accounting
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import ssl
 
     from api_router.core.access import ClientPolicy
+    from api_router.net.forward import Forwarder
     from api_router.net.ports import Admitted, Exchange
 
 
@@ -255,19 +256,21 @@ class Runtime:
     # -- the end of an exchange ---------------------------------------------------------
     def account(self, forwarder: Exchange, outcome: str) -> None:
         """An exchange ended: its usage is priced and counted (accounting.py), then goes into
-        the ledger and settles its tokens-per-minute reservation (quota.py)."""
-        self.accounting.finished(forwarder)
-        if forwarder.span is not None:
-            end_span(forwarder, outcome, None) if self.tracing is None else self.tracing.finish(
-                forwarder, outcome
+        the ledger and settles its tokens-per-minute reservation (quota.py). Read as the native
+        class it is: through the Protocol each read was a generic getattr (~1.7k a request)."""
+        exchange = cast("Forwarder", forwarder)  # checked: the one kind of exchange that ends here
+        self.accounting.finished(exchange)
+        if exchange.span is not None:
+            end_span(exchange, outcome, None) if self.tracing is None else self.tracing.finish(
+                exchange, outcome
             )
-        ticket = forwarder.quota_ticket
+        ticket = exchange.quota_ticket
         # what reached no backend (refused, or none was up) cost nothing and is not in the ledger
-        reached = forwarder.backend_name is not None
-        if accounted(forwarder.route.kind) and (reached or ticket is not None):
+        reached = exchange.backend_name is not None
+        if accounted(exchange.route.kind) and (reached or ticket is not None):
             assert ticket is None or isinstance(ticket, Ticket)
             self.quota.settle(
-                ticket, forwarder.client_name, forwarder.usage, forwarder.cost_usd, self.loop.time(), reached
+                ticket, exchange.client_name, exchange.usage, exchange.cost_usd, self.loop.time(), reached
             )
 
     def access_log(self, forwarder: Exchange, outcome: str) -> None:
