@@ -87,7 +87,7 @@ def response_head(status: int, headers: HeaderList, framing: Framing, length: in
 
 
 def request_head(method: bytes, target: bytes, headers: HeaderList) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]  # as routing.Router.upstream_head writes it
     add_headers(parts, headers)
     parts.append(CRLF)
     return b"".join(parts)

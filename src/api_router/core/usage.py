@@ -187,7 +187,7 @@ class UsageReader:
             at = _usage_object_at(buffer, end)
             if at >= 0:
                 carried = False  # ``at`` is the marker, found already
-                data = bytes(buffer[:end])  # a copy: the shared read buffer is reused by the next read
+                data = bytes(buffer[:end])  # outlives the read buffer; sliced, copied: indexed natively
                 if sampling:
                     # Counted only if needed: an answer whose usage came complete (this is often
                     # its last read: OpenAI's usage chunk) never is (Rule 4). Kept until the
